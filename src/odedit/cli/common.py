@@ -1,0 +1,113 @@
+"""Helpers shared by the subcommands: errors, argument types, device choice."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def ranged(kind: Callable[[str], Any], lo=None, hi=None, lo_open=False, hi_open=False):
+    """An argparse ``type`` that parses with ``kind`` and checks lo <= value <= hi.
+
+    The bounds are open when ``lo_open``/``hi_open``. Errors name the valid range.
+    """
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a valid {kind.__name__}: {text!r}") from None
+        bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
+        bad_hi = hi is not None and (value >= hi if hi_open else value > hi)
+        if bad_lo or bad_hi:
+            left = "(" if lo_open else "["
+            right = ")" if hi_open else "]"
+            raise argparse.ArgumentTypeError(
+                f"{text} is out of range {left}{'-inf' if lo is None else lo}, "
+                f"{'inf' if hi is None else hi}{right}"
+            )
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """Parse '0,25,50,75' into a tuple of ints."""
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip() != "")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    """Parse '0.3,0.5' into a tuple of floats."""
+    try:
+        return tuple(float(p) for p in text.split(",") if p.strip() != "")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def resolve_device(name: str):
+    """Map ``auto|cpu|cuda|mps`` (or ``cuda:N``) to a ``torch.device``; error if unavailable."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError("--device cuda was requested but CUDA is not available on this machine")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CLIError("--device mps was requested but MPS is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise CLIError(f"unknown --device {name!r}: {err}") from None
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default: auto)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="model compute dtype (default: float32); schedule maths stay float64",
+    )
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def prepare_outdir(path: Path) -> Path:
+    """Create the output folder; a clear error if it exists as a file or cannot be made."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"output path {str(path)!r} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CLIError(f"cannot create output directory {str(path)!r}: {err.strerror}") from None
+    return path
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON via temp file + rename, so a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)

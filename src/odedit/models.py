@@ -1,0 +1,250 @@
+"""Model adapters: every outside model is translated to one contract, ``eps(x, t)``.
+
+The contract (:class:`EpsModel`)::
+
+    eps = model(x, t)     x: float tensor (B, C, H, W), roughly unit scale, any device
+                          t: int, a training timestep 0..T-1 of ``model.schedule``
+                          eps: same shape, dtype and device as x
+
+plus the attributes ``schedule`` (:class:`~odedit.schedule.NoiseSchedule`),
+``sample_size`` (H = W the model was trained at) and ``in_channels``.
+
+Diffusers ``UNet2DModel`` checkpoints predicting ``epsilon``, ``v_prediction`` or
+``sample`` (x0) are wrapped by :class:`UNetEps`; nothing outside this module knows
+about prediction types. :func:`load_model` reads a local ``save_pretrained`` folder,
+the embedded default prior, or a Hugging Face hub id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from odedit.schedule import NoiseSchedule, v_to_eps, x0_to_eps
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+# The embedded default face prior (64x64 CelebA), shipped inside the package.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "celeba64"
+DEFAULT_MODEL_NAME = "odedit-celeba64 (embedded)"
+CHECKSUM_FILE = "checksums.json"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says which and what to do."""
+
+
+@runtime_checkable
+class EpsModel(Protocol):
+    schedule: NoiseSchedule
+    sample_size: int
+    in_channels: int
+
+    def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor: ...
+
+
+@dataclass(eq=False)
+class UNetEps:
+    """A diffusers ``UNet2DModel`` seen through the ``eps(x, t)`` contract.
+
+    Args:
+        unet: the network; its parameters' dtype is the compute dtype (float32, bf16, fp16).
+        schedule: the training noise schedule the network was trained with.
+        prediction_type: ``epsilon`` | ``v_prediction`` | ``sample`` (what the net outputs).
+    """
+
+    unet: torch.nn.Module
+    schedule: NoiseSchedule
+    prediction_type: str = "epsilon"
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"unsupported prediction_type {self.prediction_type!r}; expected one of {PREDICTION_TYPES}"
+            )
+
+    @property
+    def sample_size(self) -> int:
+        size = self.unet.config.sample_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        # Built on x's device: no host-device transfer or sync.
+        timesteps = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
+        out = self.unet(x.to(self.dtype), timesteps, return_dict=False)[0].to(x.dtype)
+        if out.shape[1] == 2 * x.shape[1]:
+            out = out[:, : x.shape[1]]  # learned-variance models: first half is the mean output
+        if self.prediction_type == "epsilon":
+            return out
+        ab = self.schedule.alpha_bar_at(int(t))
+        if self.prediction_type == "v_prediction":
+            return v_to_eps(x, out, ab)
+        return x0_to_eps(x, out, ab)
+
+
+# ---- checksums of shipped weights --------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_checksums(model_dir: Path) -> dict[str, str]:
+    """Write ``checksums.json`` (relative path -> sha256) for every file under model_dir."""
+    model_dir = Path(model_dir)
+    sums = {
+        p.relative_to(model_dir).as_posix(): file_sha256(p)
+        for p in sorted(model_dir.rglob("*"))
+        if p.is_file() and p.name != CHECKSUM_FILE
+    }
+    (model_dir / CHECKSUM_FILE).write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
+    return sums
+
+
+def verify_checksums(model_dir: Path) -> None:
+    """Check every file listed in ``checksums.json``; raise ModelLoadError on a mismatch."""
+    model_dir = Path(model_dir)
+    listing = model_dir / CHECKSUM_FILE
+    if not listing.is_file():
+        return
+    sums = json.loads(listing.read_text())
+    for rel, expected in sums.items():
+        path = model_dir / rel
+        if not path.is_file():
+            raise ModelLoadError(f"model file {path} is missing (listed in {listing})")
+        if file_sha256(path) != expected:
+            raise ModelLoadError(
+                f"model file {path} is corrupt or truncated (sha256 mismatch with {listing}); "
+                "reinstall odedit or re-download the model"
+            )
+
+
+# ---- loading --------------------------------------------------------------------------------
+
+
+def _find_layout(root: Path) -> tuple[Path, Path]:
+    """Return (unet_dir, scheduler_config_path) for a pipeline or a bare-UNet folder."""
+    if (root / "unet" / "config.json").is_file():
+        unet_dir = root / "unet"
+    elif (root / "config.json").is_file():
+        unet_dir = root
+    else:
+        raise ModelLoadError(
+            f"{root} does not look like a diffusers model folder: expected unet/config.json or config.json"
+        )
+    for candidate in (root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json"):
+        if candidate.is_file():
+            return unet_dir, candidate
+    raise ModelLoadError(
+        f"{root} has no scheduler config (scheduler/scheduler_config.json or scheduler_config.json): "
+        "the noise schedule the model was trained with is needed"
+    )
+
+
+def load_local(
+    root: Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> UNetEps:
+    """Load a diffusers UNet2DModel + scheduler config from a local folder."""
+    from diffusers import UNet2DModel
+
+    root = Path(root)
+    verify_checksums(root)
+    unet_dir, sched_path = _find_layout(root)
+    try:
+        sched_cfg = json.loads(sched_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"cannot read scheduler config {sched_path}: {err}") from err
+    try:
+        unet = UNet2DModel.from_pretrained(unet_dir, torch_dtype=dtype)
+    except Exception as err:  # diffusers raises many types; re-raise with the model named
+        raise ModelLoadError(f"cannot load UNet2DModel from {unet_dir}: {err}") from err
+    unet = unet.to(device).eval().requires_grad_(False)
+    prediction_type = sched_cfg.get("prediction_type", "epsilon")
+    return UNetEps(unet, NoiseSchedule.from_scheduler_config(sched_cfg), prediction_type)
+
+
+def _download(repo_id: str) -> Path:
+    """Fetch a hub snapshot (UNet + scheduler files only) to the local cache."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "unet/*", "scheduler/*", "diffusion_pytorch_model.bin"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as err:  # offline, unknown repo, auth, ... : one clear message
+        raise ModelLoadError(
+            f"could not download model {repo_id!r} from the Hugging Face hub ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no details'}). If you are offline, pass a "
+            "local folder instead: --model /path/to/model (a diffusers save_pretrained folder, e.g. "
+            "one written by `odedit train`)"
+        ) from err
+
+
+def default_model_available() -> bool:
+    return (DEFAULT_MODEL_DIR / "unet" / "config.json").is_file() or (
+        DEFAULT_MODEL_DIR / "config.json"
+    ).is_file()
+
+
+def load_model(
+    source: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> UNetEps:
+    """Load a model through the eps contract.
+
+    Args:
+        source: None for the embedded default face prior; a local folder; or a hub id
+            such as ``google/ddpm-ema-celebahq-256``.
+        device, dtype: where and in which precision the network runs.
+    """
+    if source is None:
+        if not default_model_available():
+            raise ModelLoadError(
+                "this installation of odedit ships no embedded default face prior yet (it has not "
+                "been trained and published); pass a model with --model PATH_OR_HUB_ID, e.g. a folder "
+                "written by `odedit train` or the hub id google/ddpm-ema-celebahq-256"
+            )
+        return load_local(DEFAULT_MODEL_DIR, device, dtype)
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"--model {str(source)!r} is a file; expected a model folder or hub id")
+        return load_local(path, device, dtype)
+    text = str(source)
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise ModelLoadError(
+            f"model {text!r} is neither an existing folder nor a hub id of the form owner/name"
+        )
+    return load_local(_download(text), device, dtype)
+
+
+def model_identity(source: str | os.PathLike | None) -> str:
+    """A printable id for the JSON sidecar: the hub id, absolute path or the default's name."""
+    if source is None:
+        return DEFAULT_MODEL_NAME
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else str(source)

@@ -1,0 +1,337 @@
+"""The restorers: ODEdit (Algorithm 1 of the paper) and the SDEdit baseline.
+
+Both are pure functions of (model, image batch, config, per-image generators) plus a
+thin class that holds a loaded model and a config for convenience::
+
+    from odedit import ODEdit
+    restorer = ODEdit.from_pretrained("path/or/hub-id", device="cpu")
+    out = restorer.restore(images, generator=[torch.Generator().manual_seed(s) for s in seeds])
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from odedit.langevin import langevin, langevin_step_size
+from odedit.models import EpsModel, load_model
+from odedit.ode import clip_x0, ddim_path, dynamic_threshold
+from odedit.rng import generators_for, randn_per_image
+from odedit.schedule import timestep_grid
+from odedit.sde import forward_noise, stochastic_step
+
+# Total Langevin updates of the presets (paper section 4.1: 100 light, 200 medium, 300 heavy).
+PRESETS = {"light": 100, "medium": 200, "heavy": 300}
+DEFAULT_PRESET = "medium"
+PAPER_STEPS = 100
+PAPER_LEVELS = (0, 25, 50, 75)  # of PAPER_STEPS
+
+
+def scaled_levels(steps: int, levels: Sequence[int] = PAPER_LEVELS, of: int = PAPER_STEPS) -> tuple[int, ...]:
+    """The paper's levels {0,25,50,75} of 100 moved to a grid of ``steps`` levels."""
+    return tuple(sorted({min(steps - 1, int(round(lv * steps / of))) for lv in levels}))
+
+
+@dataclass(frozen=True)
+class ODEditConfig:
+    """Settings of ODEdit (Algorithm 1). Defaults: paper section 4.1, preset ``medium``.
+
+    Attributes:
+        steps: N, the number of DDIM levels of the ODE grid (paper: 100).
+        levels: indices into the grid (0 = lowest noise) where Langevin runs (paper: 0,25,50,75).
+        langevin_steps: K, Langevin updates at *each* level (total = K * len(levels)).
+        step_size: epsilon of Algorithm 1 (paper: 1e-6); a_t = epsilon * sigma_t / sigma_1.
+        temperature: T of Algorithm 1 (paper: 1/3).
+        invert_to: grid level the inversion reaches (default: the top, steps - 1).
+        clip_inversion_x0: clip the predicted x0 to [-1, 1] inside inversion steps (official code).
+        decode_threshold: dynamic-thresholding percentile for decoding (e.g. 0.995), or None.
+    """
+
+    steps: int = PAPER_STEPS
+    levels: tuple[int, ...] = PAPER_LEVELS
+    langevin_steps: int = PRESETS[DEFAULT_PRESET] // len(PAPER_LEVELS)
+    step_size: float = 1e-6
+    temperature: float = 1.0 / 3.0
+    invert_to: Optional[int] = None
+    clip_inversion_x0: bool = False
+    decode_threshold: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+        top = self.top_level
+        if not 0 <= top < self.steps:
+            raise ValueError(f"invert_to must be in [0, {self.steps - 1}], got {self.invert_to}")
+        levels = tuple(int(lv) for lv in self.levels)
+        if len(set(levels)) != len(levels):
+            raise ValueError(f"levels must be distinct, got {levels}")
+        bad = [lv for lv in levels if not 0 <= lv <= top]
+        if bad:
+            raise ValueError(f"levels {bad} outside the grid [0, {top}] (steps={self.steps})")
+        object.__setattr__(self, "levels", tuple(sorted(levels)))
+        if not isinstance(self.langevin_steps, int) or self.langevin_steps < 0:
+            raise ValueError(f"langevin_steps must be an integer >= 0, got {self.langevin_steps!r}")
+        if not (self.step_size >= 0 and math.isfinite(self.step_size)):
+            raise ValueError(f"step_size must be finite and >= 0, got {self.step_size}")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be finite and >= 0, got {self.temperature}")
+        if self.decode_threshold is not None and not 0 < self.decode_threshold <= 1:
+            raise ValueError(f"decode_threshold must be in (0, 1], got {self.decode_threshold}")
+
+    @property
+    def top_level(self) -> int:
+        return self.steps - 1 if self.invert_to is None else int(self.invert_to)
+
+    @property
+    def total_langevin_steps(self) -> int:
+        return self.langevin_steps * len(self.levels)
+
+    @property
+    def nfe(self) -> int:
+        """Model calls per image: inversion + decoding + Langevin."""
+        return 2 * (self.top_level + 1) + self.total_langevin_steps
+
+    @classmethod
+    def from_preset(cls, preset: str = DEFAULT_PRESET, **overrides) -> "ODEditConfig":
+        """A preset (light/medium/heavy = 100/200/300 Langevin updates in total) plus overrides.
+
+        If ``steps`` is overridden but ``levels`` is not, the paper's levels are scaled to
+        the new grid. ``langevin_steps`` (per level) overrides the preset's total.
+        """
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        steps = overrides.get("steps", PAPER_STEPS)
+        levels = tuple(overrides.get("levels", scaled_levels(steps)))
+        if not levels:
+            raise ValueError("levels must not be empty (use langevin_steps=0 for no Langevin)")
+        overrides.setdefault("langevin_steps", PRESETS[preset] // len(levels))
+        overrides["levels"] = levels
+        return cls(**overrides)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total_langevin_steps": self.total_langevin_steps, "nfe": self.nfe}
+
+
+@dataclass(frozen=True)
+class SDEditConfig:
+    """Settings of SDEdit (Meng et al. 2021): noise to a level, then reverse stochastically.
+
+    Attributes:
+        steps: levels of the reverse grid (100 -> strided DDPM; 1000 -> original DDPM).
+        strength: t0 as a fraction of the diffusion in (0, 1]; the start level is
+            ceil(strength * steps) - 1.
+        eta: 1.0 = DDPM ancestral noise (SDEdit); 0 = deterministic DDIM from the noised input.
+    """
+
+    steps: int = PAPER_STEPS
+    strength: float = 0.5
+    eta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+        if not 0 < self.strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+        if not 0 <= self.eta <= 1:
+            raise ValueError(f"eta must be in [0, 1], got {self.eta}")
+
+    @property
+    def start_level(self) -> int:
+        return max(0, math.ceil(self.strength * self.steps - 1e-9) - 1)
+
+    @property
+    def nfe(self) -> int:
+        return self.start_level + 1
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "start_level": self.start_level, "nfe": self.nfe}
+
+
+Progress = Optional[Callable[[int], None]]
+
+
+def odedit(
+    model: EpsModel,
+    x0: torch.Tensor,
+    config: ODEditConfig,
+    generators: Sequence[torch.Generator],
+    callback: Progress = None,
+) -> torch.Tensor:
+    """ODEdit, Algorithm 1: ODE inversion, then Langevin + ODE decoding level by level.
+
+    Args:
+        model: eps(x, t) contract.
+        x0: (B, C, H, W) degraded images in model space ([-1, 1]), float.
+        generators: one torch.Generator per image on x0.device (Langevin noise).
+        callback: called with 1 after each model call (progress bars).
+    Returns:
+        (B, C, H, W) restored images in model space, not clipped.
+    """
+    schedule = model.schedule
+    grid = timestep_grid(schedule.num_train_timesteps, config.steps)
+    top = config.top_level
+    sigma_1 = schedule.sigma_at(grid[0])
+    levels = set(config.levels)
+    inv_transform = clip_x0 if config.clip_inversion_x0 else None
+    dec_transform = dynamic_threshold(config.decode_threshold) if config.decode_threshold else None
+
+    # 1. x_{N,0} = ODE_SOLVER_forward(x0): eq. 8 from the image up to the top level.
+    x = ddim_path(model, x0, [-1, *grid[: top + 1]], inv_transform, callback)
+    # 2. for t = N .. 1 (grid levels top .. 0):
+    for level in range(top, -1, -1):
+        t = grid[level]
+        if level in levels and config.langevin_steps > 0:
+            # 3. a_t = eps * sigma_t / sigma_1;  4-5. K Langevin updates with score -eps/sigma_t (eq. 9).
+            a_t = langevin_step_size(config.step_size, schedule.sigma_at(t), sigma_1)
+            x = langevin(model, x, t, config.langevin_steps, a_t, config.temperature, generators, callback)
+        # 6. x_{t-1} = ODE_SOLVER_backward(x_{t,K}): one eq. 8 step down (to the image after level 0).
+        t_next = grid[level - 1] if level > 0 else -1
+        x = ddim_path(model, x, [t, t_next], dec_transform, callback)
+    return x
+
+
+def sdedit(
+    model: EpsModel,
+    x0: torch.Tensor,
+    config: SDEditConfig,
+    generators: Sequence[torch.Generator],
+    callback: Progress = None,
+) -> torch.Tensor:
+    """SDEdit: inject noise up to the start level, then the stochastic reverse process.
+
+    Args and return as :func:`odedit`.
+    """
+    schedule = model.schedule
+    grid = timestep_grid(schedule.num_train_timesteps, config.steps)
+    start = config.start_level
+    # 1. x_{t0} = sqrt(ab) x0 + sigma z  (noise injection, the "hijack").
+    x = forward_noise(x0, randn_per_image(x0, generators), schedule.alpha_bar_at(grid[start]))
+    # 2. reverse from t0 to the image with DDPM-style ancestral steps.
+    for level in range(start, -1, -1):
+        t = grid[level]
+        t_next = grid[level - 1] if level > 0 else -1
+        eps = model(x, t)
+        noise = randn_per_image(x, generators)
+        x = stochastic_step(x, eps, noise, schedule.alpha_bar_at(t), schedule.alpha_bar_at(t_next), config.eta)
+        if callback is not None:
+            callback(1)
+    return x
+
+
+# ---- convenience classes ----------------------------------------------------------------
+
+GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
+
+
+def _generators(generator: GeneratorArg, batch: int, device: torch.device) -> list[torch.Generator]:
+    """Per-image generators on ``device`` from the user's argument.
+
+    A list gives one generator per image (batch-size independent results). A single
+    generator draws one seed per image from it. None uses fresh random seeds.
+    """
+    if generator is None:
+        return generators_for([secrets.randbits(62) for _ in range(batch)], device)
+    if isinstance(generator, torch.Generator):
+        seeds = torch.randint(0, 2**62, (batch,), generator=generator, device=generator.device)
+        return generators_for(seeds.tolist(), device)
+    gens = list(generator)
+    if len(gens) != batch:
+        raise ValueError(f"got {len(gens)} generators for {batch} images; pass one per image")
+    out = []
+    for g in gens:
+        if g.device == device:
+            out.append(g)
+        else:  # move the stream: seed a generator on the model's device from this one
+            seed = int(torch.randint(0, 2**62, (1,), generator=g, device=g.device))
+            out.append(torch.Generator(device=device).manual_seed(seed))
+    return out
+
+
+@dataclass(eq=False)
+class _Restorer:
+    model: EpsModel
+    config: object = field(default=None)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source=None,
+        config=None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        """Load a model (None = the embedded default prior, a folder, or a hub id)."""
+        return cls(load_model(source, device=device, dtype=dtype), config)
+
+    def _run(self, x, generators, callback):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def restore(
+        self,
+        images: torch.Tensor,
+        generator: GeneratorArg = None,
+        callback: Progress = None,
+    ) -> torch.Tensor:
+        """Restore a batch of images. Runs under ``torch.no_grad()``.
+
+        Args:
+            images: float tensor (B, C, H, W) or (C, H, W), values in [0, 1], at the
+                model's resolution (``odedit.imageio`` resizes files for you).
+            generator: a list of one torch.Generator per image (results independent of
+                batching), a single generator (one seed per image is drawn from it), or
+                None (fresh random seeds).
+        Returns:
+            float tensor like ``images``, values clamped to [0, 1].
+        """
+        single = images.ndim == 3
+        x = images.unsqueeze(0) if single else images
+        size = self.model.sample_size
+        if x.ndim != 4 or x.shape[1] != self.model.in_channels or x.shape[-2:] != (size, size):
+            raise ValueError(
+                f"expected images of shape (B, {self.model.in_channels}, {size}, {size}), got {tuple(images.shape)}"
+            )
+        device = getattr(self.model, "device", x.device)
+        x = x.to(device=device, dtype=torch.float32)
+        gens = _generators(generator, x.shape[0], device)
+        with torch.no_grad():
+            out = self._run(x * 2.0 - 1.0, gens, callback)
+        out = ((out + 1.0) / 2.0).clamp(0.0, 1.0).to(images.dtype)
+        return out[0] if single else out
+
+
+@dataclass(eq=False)
+class ODEdit(_Restorer):
+    """ODEdit with a loaded model; ``config`` defaults to the ``medium`` preset."""
+
+    def __post_init__(self) -> None:
+        if self.config is None:
+            self.config = ODEditConfig()
+        if not isinstance(self.config, ODEditConfig):
+            raise TypeError(f"ODEdit needs an ODEditConfig, got {type(self.config).__name__}")
+
+    def _run(self, x, generators, callback):
+        return odedit(self.model, x, self.config, generators, callback)
+
+
+@dataclass(eq=False)
+class SDEdit(_Restorer):
+    """SDEdit with a loaded model; ``config`` defaults to strength 0.5 on 100 steps."""
+
+    def __post_init__(self) -> None:
+        if self.config is None:
+            self.config = SDEditConfig()
+        if not isinstance(self.config, SDEditConfig):
+            raise TypeError(f"SDEdit needs an SDEditConfig, got {type(self.config).__name__}")
+
+    def _run(self, x, generators, callback):
+        return sdedit(self.model, x, self.config, generators, callback)
+
+
+def with_overrides(config, **changes):
+    """A copy of a frozen config with some fields changed (validated again)."""
+    return replace(config, **{k: v for k, v in changes.items() if v is not None})

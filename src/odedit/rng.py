@@ -1,0 +1,34 @@
+"""Explicit, per-image randomness.
+
+Every image owns one ``torch.Generator``; noise for a batch is the stack of each
+image's own draws, so a result never depends on the batch size or on which other
+images share the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def generators_for(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per image, seeded with that image's seed, on ``device``."""
+    device = torch.device(device)
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def randn_per_image(
+    like: torch.Tensor,
+    generators: Sequence[torch.Generator],
+) -> torch.Tensor:
+    """Standard normal noise shaped like ``like`` (B, ...); row b drawn from generators[b].
+
+    The generators must live on ``like.device``; nothing is copied between devices.
+    """
+    if len(generators) != like.shape[0]:
+        raise ValueError(f"need one generator per image: {len(generators)} for a batch of {like.shape[0]}")
+    shape = like.shape[1:]
+    return torch.stack(
+        [torch.randn(shape, generator=g, device=like.device, dtype=like.dtype) for g in generators]
+    )
