@@ -166,7 +166,7 @@ def uint8_to_unit(images: np.ndarray | Sequence[np.ndarray]):
     import torch
 
     arr = np.asarray(images)
-    t = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32) / 255.0
+    t = torch.from_numpy(np.array(arr, dtype=np.uint8)).to(torch.float32) / 255.0  # copy: inputs may be read-only
     return t.permute(2, 0, 1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
 
 

@@ -1,0 +1,199 @@
+"""End-to-end tests of ``odedit restore`` with a tiny random UNet saved to a temp dir."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from odedit.cli import restore as restore_cli
+from odedit.cli.common import CLIError
+from odedit.unets import build_unet, save_model
+
+FAST = ["--steps", "6", "--preset", "light", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    save_model(build_unet("tiny", 16), path)
+    return path
+
+
+@pytest.fixture()
+def faces(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(folder / f"face{i}.png")
+    return folder
+
+
+def run_cli(argv):
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    restore_cli.add_parser(sub)
+    args = parser.parse_args(["restore", *argv])
+    return args.run(args)
+
+
+def read(path):
+    return np.asarray(Image.open(path))
+
+
+def test_folder_in_folder_out_with_sidecar(tiny_model, faces, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli([str(faces), "-o", str(out), "--model", str(tiny_model), *FAST]) == 0
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names == [f"face{i}.png" for i in range(5)]
+    assert read(out / "face0.png").shape == (16, 16, 3)  # model resolution
+    meta = json.loads((out / "restore.json").read_text())
+    (run_id, run), = meta["runs"].items()
+    assert run["method"] == "odedit"
+    assert run["config"]["steps"] == 6
+    assert run["config"]["total_langevin_steps"] == 100
+    assert run["model"] == str(tiny_model.resolve())
+    assert set(meta["images"]) == set(names)
+    assert all(entry["run"] == run_id for entry in meta["images"].values())
+    seeds = {entry["seed"] for entry in meta["images"].values()}
+    assert len(seeds) == 5  # one seed per image
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_same_seed_same_result_regardless_of_batch_size(tiny_model, faces, tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert run_cli([str(faces), "-o", str(a), "--model", str(tiny_model), "--batch-size", "1", *FAST]) == 0
+    assert run_cli([str(faces), "-o", str(b), "--model", str(tiny_model), "--batch-size", "4", *FAST]) == 0
+    # A single file alone gets the same noise as inside the folder (seed from the name).
+    assert run_cli([str(faces / "face3.png"), "-o", str(c), "--model", str(tiny_model), *FAST]) == 0
+    for i in range(5):
+        x, y = read(a / f"face{i}.png").astype(int), read(b / f"face{i}.png").astype(int)
+        # Batched convolutions may round differently in the last bits: allow one grey level.
+        assert np.abs(x - y).max() <= 1
+    assert np.abs(read(a / "face3.png").astype(int) - read(c / "face3.png").astype(int)).max() <= 1
+
+
+def test_different_seed_changes_sdedit_result(tiny_model, faces, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = [str(faces / "face0.png"), "--model", str(tiny_model), "--method", "sdedit", *FAST]
+    assert run_cli([*common, "-o", str(a), "--seed", "1"]) == 0
+    assert run_cli([*common, "-o", str(b), "--seed", "2"]) == 0
+    assert np.abs(read(a / "face0.png").astype(int) - read(b / "face0.png").astype(int)).max() > 0
+
+
+def test_keep_size_and_modes(tiny_model, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (30, 40, 4), dtype=np.uint8), "RGBA").save(folder / "rgba.png")
+    Image.fromarray(rng.integers(0, 256, (33, 21), dtype=np.uint8), "L").save(folder / "grey.png")
+    Image.fromarray(rng.integers(0, 65535, (18, 18), dtype=np.uint16)).save(folder / "deep.png")
+    out = tmp_path / "out"
+    assert run_cli([str(folder), "-o", str(out), "--model", str(tiny_model), "--keep-size", *FAST]) == 0
+    assert read(out / "rgba.png").shape == (30, 40, 3)
+    assert read(out / "grey.png").shape == (33, 21, 3)
+    assert read(out / "deep.png").shape == (18, 18, 3)
+
+
+def test_bad_file_is_reported_and_batch_continues(tiny_model, faces, tmp_path, capsys):
+    (faces / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    assert run_cli([str(faces), "-o", str(out), "--model", str(tiny_model), *FAST]) == 1
+    assert len(list(out.glob("*.png"))) == 5
+    err = capsys.readouterr().err
+    assert "1 input(s) failed" in err and "broken.png" in err
+    meta = json.loads((out / "restore.json").read_text())
+    (run,) = meta["runs"].values()
+    assert [f["input"] for f in run["failures"]] == [str(faces / "broken.png")]
+
+
+def test_existing_outputs_need_overwrite(tiny_model, faces, tmp_path):
+    out = tmp_path / "out"
+    args = [str(faces / "face1.png"), "-o", str(out), "--model", str(tiny_model), *FAST]
+    assert run_cli(args) == 0
+    before = (out / "face1.png").read_bytes()
+    with pytest.raises(CLIError, match="--overwrite"):
+        run_cli(args)
+    assert (out / "face1.png").read_bytes() == before
+    assert run_cli([*args, "--overwrite", "--seed", "5"]) == 0
+    meta = json.loads((out / "restore.json").read_text())
+    assert len(meta["runs"]) == 2  # both runs recorded, image entry points at the latest
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["missing_dir", "-o", "{out}"], "does not exist"),
+        (["{empty}", "-o", "{out}"], "contains no images"),
+        (["{faces}", "-o", "{file}"], "not a directory"),
+        (["{faces}", "-o", "{out}", "--model", "{nomodel}"], "neither an existing folder nor a hub id"),
+        (["{faces}", "-o", "{out}", "--levels", "0,99", "--steps", "10"], "outside the grid"),
+    ],
+)
+def test_bad_arguments_give_clear_errors(argv, message, tiny_model, faces, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    subs = dict(out=tmp_path / "out", empty=empty, file=afile, faces=faces, nomodel=tmp_path / "nope" / "x" / "y")
+    argv = [a.format(**subs) for a in argv]
+    if "--model" not in argv:
+        argv += ["--model", str(tiny_model)]
+    with pytest.raises(CLIError, match=message):
+        run_cli(argv)
+
+
+@pytest.mark.parametrize(
+    "flag", [["--strength", "0"], ["--strength", "1.5"], ["--steps", "0"], ["--batch-size", "0"], ["--bogus"]]
+)
+def test_out_of_range_flags_exit_nonzero(flag, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_cli(["x.png", "-o", str(tmp_path), *flag])
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_default_model_missing_message(faces, tmp_path, monkeypatch):
+    import odedit.models as models
+
+    monkeypatch.setattr(models, "DEFAULT_MODEL_DIR", tmp_path / "no-weights")
+    with pytest.raises(CLIError, match="--model"):
+        run_cli([str(faces), "-o", str(tmp_path / "out"), "--quiet"])
+
+
+def test_output_is_written_atomically(tiny_model, faces, tmp_path, monkeypatch):
+    """If writing fails half-way, no partial output file appears under the final name."""
+
+    def broken_save(self, fh, *a, **k):
+        fh.write(b"\x89PNG partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="disk full"):
+        run_cli([str(faces / "face0.png"), "-o", str(out), "--model", str(tiny_model), *FAST])
+    assert not (out / "face0.png").exists()
+    assert [p.name for p in out.iterdir() if p.suffix != ".json"] == []
+
+
+def test_python_api_matches_cli(tiny_model, faces, tmp_path):
+    from odedit import ODEdit
+    from odedit.cli.restore import image_seed
+    from odedit.imageio import fit_square, load_image_uint8, uint8_to_unit, unit_to_uint8
+    from odedit.restorers import ODEditConfig
+
+    out = tmp_path / "out"
+    assert run_cli([str(faces / "face2.png"), "-o", str(out), "--model", str(tiny_model), *FAST]) == 0
+    restorer = ODEdit.from_pretrained(str(tiny_model), config=ODEditConfig.from_preset("light", steps=6))
+    image = fit_square(load_image_uint8(faces / "face2.png"), 16)
+    gen = torch.Generator().manual_seed(image_seed(0, "face2.png"))
+    api = unit_to_uint8(restorer.restore(uint8_to_unit(image[None]), generator=[gen]))[0]
+    assert np.array_equal(api, read(out / "face2.png"))
+    assert os.path.exists(out / "restore.json")
