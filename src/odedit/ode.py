@@ -76,7 +76,9 @@ def dynamic_threshold(percentile: float) -> X0Transform:
         raise ValueError(f"dynamic-threshold percentile must be in (0, 1], got {percentile}")
 
     def transform(x0: torch.Tensor) -> torch.Tensor:
-        flat = x0.reshape(x0.shape[0], -1).abs().float()
+        flat = x0.reshape(x0.shape[0], -1).abs()
+        if flat.dtype not in (torch.float32, torch.float64):
+            flat = flat.float()  # quantile needs float32/64: upcast fp16/bf16 only, never downcast
         s = torch.quantile(flat, percentile, dim=1).clamp(min=1.0).to(x0.dtype)
         s = s.view(-1, *([1] * (x0.ndim - 1)))
         return torch.maximum(torch.minimum(x0, s), -s) / s
