@@ -1,0 +1,187 @@
+"""``odedit train``: train an eps-prediction DDPM face prior (UNet2DModel) on a folder or zip."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from odedit.cli.common import CLIError, ranged
+
+DESCRIPTION = """\
+Train a diffusion prior: an epsilon-prediction DDPM (linear betas 1e-4..0.02, 1000 steps,
+the ODEdit paper's setting) with a diffusers UNet2DModel, on a folder (searched
+recursively) or an uncompressed/compressed .zip of images. Images are decoded once into
+memory at --resolution (Lanczos; --fit stretch resizes the whole frame, like `odedit
+restore`'s default; --fit crop takes the central square first), randomly mirrored.
+
+Runs on one CPU/GPU as is, and on several GPUs with `accelerate launch` (same flags;
+--batch-size is per process). Stop by --steps and/or --minutes (wall time, for budgeted
+GPU runs). Outputs in --out:
+  model/            EMA weights as a save_pretrained folder: `odedit restore --model OUT/model`
+  checkpoints/      step_XXXXXXX/ (model, EMA, optimizer, counters), atomic; --resume continues
+  samples/          step_XXXXXX.png grids of DDIM samples from the EMA weights
+  log.jsonl         step, loss, loss_ema (smoothed), lr, images_per_s, elapsed_s
+  train_config.json the resolved configuration
+
+Ctrl-C (or SIGTERM) stops after the current step and still checkpoints and exports;
+a second Ctrl-C aborts.
+"""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a diffusion face prior (DDPM, UNet2DModel)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("data and model")
+    g.add_argument(
+        "--data",
+        default=None,
+        metavar="PATH",
+        help="folder or .zip of images (optional with --resume: the run's own data path is reused)",
+    )
+    g.add_argument("--out", required=True, type=Path, metavar="DIR", help="run folder (created)")
+    g.add_argument(
+        "--config",
+        choices=("tiny", "celeba64"),
+        default=None,
+        help="UNet size: celeba64 (17.3 M parameters, default) or tiny (tests)",
+    )
+    g.add_argument("--resolution", type=ranged(int, 8, 1024), default=None, help="image side (default 64)")
+    g.add_argument(
+        "--fit",
+        choices=("crop", "stretch"),
+        default=None,
+        help="non-square images: stretch = whole frame (default, as odedit restore), crop = central square",
+    )
+    g.add_argument(
+        "--no-flip", dest="flip", action="store_const", const=False, default=None, help="no random horizontal flips"
+    )
+    g.add_argument("--workers", type=ranged(int, 1, 64), default=None, help="image decoding threads (default 4)")
+
+    g = p.add_argument_group("length and batch")
+    g.add_argument("--steps", type=ranged(int, 0), default=None, help="total optimizer steps")
+    g.add_argument(
+        "--minutes",
+        type=ranged(float, 0.0, lo_open=True),
+        default=None,
+        help="stop after this much wall time (from start-up), then checkpoint and export",
+    )
+    g.add_argument("--batch-size", type=ranged(int, 1), default=None, help="images per process and micro-batch (default 64)")
+    g.add_argument("--grad-accum", type=ranged(int, 1), default=None, metavar="N", help="micro-batches per step (default 1)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--lr", type=ranged(float, 0.0, lo_open=True), default=None, help="AdamW learning rate (default 2e-4)")
+    g.add_argument("--warmup-steps", type=ranged(int, 0), default=None, help="linear LR warm-up (default 500)")
+    g.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine", "linear"),
+        default=None,
+        help="after warm-up (default constant, as in DDPM); cosine/linear decay to 0 at --steps",
+    )
+    g.add_argument("--weight-decay", type=ranged(float, 0.0), default=None, help="AdamW weight decay (default 0)")
+    g.add_argument(
+        "--max-grad-norm", type=ranged(float, 0.0), default=None, help="gradient clipping, 0 = off (default 1)"
+    )
+    g.add_argument(
+        "--ema-decay",
+        type=ranged(float, 0.0, 1.0),
+        default=None,
+        help="EMA decay cap; warm-up min(decay, (1+n)/(10+n)) (default 0.9999)",
+    )
+    g.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None, help="default: no (fp32)")
+    g.add_argument(
+        "--no-tf32", dest="tf32", action="store_const", const=False, default=None,
+        help="CUDA fp32: no TF32 matmuls/convolutions (TF32 is on by default)",
+    )
+    g.add_argument("--compile", action="store_const", const=True, default=None, help="torch.compile the UNet (GPU; slow start)")
+    g.add_argument("--seed", type=int, default=None, help="seed of initialisation, data order, noise (default 0)")
+    g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+
+    g = p.add_argument_group("checkpoints and outputs")
+    g.add_argument(
+        "--checkpoint-every", type=ranged(int, 0), default=None, metavar="STEPS", help="0 = off (default 5000)"
+    )
+    g.add_argument(
+        "--checkpoint-minutes", type=ranged(float, 0.0), default=None, metavar="M", help="0 = off (default 30)"
+    )
+    g.add_argument("--keep-checkpoints", type=ranged(int, 1), default=None, help="newest checkpoints kept (default 2)")
+    g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    g.add_argument(
+        "--resume-from-weights",
+        default=None,
+        metavar="DIR",
+        help="start from a save_pretrained model folder (e.g. OUT/model) with a fresh optimizer",
+    )
+    g.add_argument("--export-fp16", action="store_const", const=True, default=None, help="write OUT/model in float16 (half the size)")
+    g.add_argument("--export-raw", action="store_const", const=True, default=None, help="also write the raw (non-EMA) weights to OUT/model_raw")
+    g.add_argument(
+        "--sample-every", type=ranged(int, 0), default=None, metavar="STEPS", help="sample grid period, 0 = off (default 1000)"
+    )
+    g.add_argument("--sample-steps", type=ranged(int, 1, 1000), default=None, help="DDIM steps of the grids (default 50)")
+    g.add_argument("--num-samples", type=ranged(int, 1, 256), default=None, help="images per grid (default 16)")
+    g.add_argument("--log-every", type=ranged(int, 1), default=None, metavar="STEPS", help="log.jsonl period (default 10)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    p.set_defaults(run=run)
+
+
+# Settings a resumed run takes from its train_config.json unless given again on the command line.
+INHERITED = (
+    "data", "config", "resolution", "fit", "flip", "workers", "steps", "minutes", "batch_size", "grad_accum",
+    "lr", "warmup_steps", "lr_schedule", "weight_decay", "max_grad_norm", "ema_decay", "mixed_precision", "tf32",
+    "compile", "seed", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "export_fp16",
+    "export_raw", "sample_every", "sample_steps", "num_samples", "log_every",
+)  # fmt: skip
+
+
+def resolve_settings(args) -> dict:
+    """TrainConfig keyword arguments: flags given > the resumed run's saved settings > defaults.
+
+    With --resume, every flag not given again keeps the value the run was started with
+    (learning rate, batch, seed, ...), so ``odedit train --out DIR --resume`` continues
+    the same run. --steps/--minutes are inherited only when neither is given.
+    """
+    import json
+
+    explicit = {k: getattr(args, k) for k in INHERITED if getattr(args, k) is not None}
+    saved: dict = {}
+    path = Path(args.out) / "train_config.json"
+    if args.resume and path.is_file():
+        try:
+            saved = json.loads(path.read_text())["config"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CLIError(f"cannot read {path} to resume: {err}") from None
+        saved = {k: v for k, v in saved.items() if k in INHERITED and v is not None}
+        if "steps" in explicit or "minutes" in explicit:
+            saved.pop("steps", None)
+            saved.pop("minutes", None)
+    return {**saved, **explicit}
+
+
+def run(args) -> int:
+    from odedit.data import DatasetError
+    from odedit.training import TrainConfig, TrainError, train
+
+    try:
+        cfg = TrainConfig(
+            out=str(args.out),
+            resume=args.resume,
+            resume_from_weights=args.resume_from_weights,
+            cpu=args.cpu,
+            progress=not args.quiet,
+            **resolve_settings(args),
+        )
+    except TypeError as err:  # pragma: no cover - a saved config from another version
+        raise CLIError(f"incompatible saved settings: {err}") from None
+    log = (lambda msg: None) if args.quiet else None
+    try:
+        result = train(cfg, log=log)
+    except (TrainError, DatasetError) as err:
+        raise CLIError(str(err)) from None
+    except OSError as err:
+        raise CLIError(f"{err.strerror or err}: {err.filename or ''}".rstrip(": ")) from None
+    if result.model_dir is not None and not args.quiet:
+        print(result.model_dir)
+    return 0

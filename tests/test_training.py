@@ -1,0 +1,290 @@
+"""Training: data loading, the loop (loss goes down), exact resume, weights, export, CLI errors.
+
+All runs use the ``tiny`` UNet at 16x16 on 32 synthetic blob images, on the CPU, with
+one torch thread (the test machine's cores are shared; oversubscribed threads make
+tiny ops 10-40x slower).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from odedit.data import DatasetError, EpochStream, load_dataset
+from odedit.training import TrainConfig, TrainError, denoising_loss, latest_checkpoint, lr_at, train
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def blob(rng, size=32):
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
+    colour = rng.uniform(0, 1, 3)
+    cx, cy = rng.uniform(0.3, 0.7, 2)
+    r = rng.uniform(0.15, 0.3)
+    m = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))[..., None]
+    return ((m * colour + (1 - m) * (1 - colour)) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("blobs")
+    rng = np.random.default_rng(0)
+    for i in range(32):
+        Image.fromarray(blob(rng)).save(folder / f"b{i:02d}.png")
+    return folder
+
+
+def config(data, out, **kw):
+    base = dict(
+        data=None if data is None else str(data),
+        out=str(out),
+        config="tiny",
+        resolution=16,
+        batch_size=8,
+        lr=2e-3,
+        warmup_steps=5,
+        log_every=1,
+        sample_every=0,
+        checkpoint_every=0,
+        checkpoint_minutes=0,
+        cpu=True,
+        progress=False,
+        workers=2,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def quiet(_msg):
+    pass
+
+
+@pytest.fixture(scope="module")
+def trained(blobs, tmp_path_factory):
+    """One 40-step run shared by several tests."""
+    out = tmp_path_factory.mktemp("run")
+    result = train(config(blobs, out, steps=40, sample_every=20, sample_steps=5, num_samples=4), log=quiet)
+    return out, result
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+
+def test_zip_and_folder_give_the_same_images_bad_files_skipped(blobs, tmp_path):
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for p in sorted(blobs.iterdir()):
+            zf.write(p, f"faces/{p.name}")
+        zf.writestr("faces/broken.jpg", b"not a jpeg")
+        zf.writestr("faces/notes.txt", b"ignored: not an image extension")
+        zf.writestr("__MACOSX/faces/._b00.png", b"resource fork")
+    from_zip = load_dataset(archive, 16, workers=2)
+    from_dir = load_dataset(blobs, 16, workers=1)
+    assert from_zip.images.shape == (32, 16, 16, 3) and from_zip.images.dtype == np.uint8
+    assert np.array_equal(from_zip.images, from_dir.images)
+    assert [n for n, _ in from_zip.skipped] == ["faces/broken.jpg"]
+    assert from_zip.summary()["skipped"] == 1
+
+
+def test_fit_modes_on_non_square_images(tmp_path):
+    img = np.zeros((20, 40, 3), dtype=np.uint8)
+    img[:, :10] = 255  # a white band on the left, outside the central square
+    Image.fromarray(img).save(tmp_path / "wide.png")
+    stretch = load_dataset(tmp_path, 16, fit="stretch").images[0]
+    crop = load_dataset(tmp_path, 16, fit="crop").images[0]
+    assert stretch.shape == crop.shape == (16, 16, 3)
+    assert stretch[:, 0].min() > 200 and crop.max() < 30
+
+
+def test_empty_missing_and_all_bad_datasets_fail_clearly(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_dataset(tmp_path / "nope", 16)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="contains no image files"):
+        load_dataset(tmp_path / "empty", 16)
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"x{i}.jpg", b"garbage")
+    with pytest.raises(DatasetError, match="all 3 image files were skipped"):
+        load_dataset(bad, 16)
+    (tmp_path / "plain.bin").write_bytes(b"xx")
+    with pytest.raises(DatasetError, match="neither a folder nor a .zip"):
+        load_dataset(tmp_path / "plain.bin", 16)
+
+
+def test_epoch_stream_is_a_pure_function_of_position():
+    s = EpochStream(10, seed=3)
+    idx, flips = s.take(0, 30)
+    for e in range(3):  # each epoch is a permutation
+        assert sorted(idx[10 * e : 10 * (e + 1)]) == list(range(10))
+    idx2, flips2 = EpochStream(10, seed=3).take(7, 9)  # straddles an epoch boundary, fresh object
+    assert np.array_equal(idx2, idx[7:16]) and np.array_equal(flips2, flips[7:16])
+    assert flips.any() and not flips.all()
+    assert not EpochStream(10, seed=3, flip=False).take(0, 30)[1].any()
+    assert not np.array_equal(EpochStream(10, seed=4).take(0, 10)[0], idx[:10])
+
+
+def test_lr_schedule():
+    assert lr_at(0, 1.0, 4) == pytest.approx(0.25)
+    assert lr_at(3, 1.0, 4) == 1.0 and lr_at(100, 1.0, 4) == 1.0
+    assert lr_at(4, 1.0, 4, "cosine", 104) == pytest.approx(1.0)
+    assert lr_at(104, 1.0, 4, "cosine", 104) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(54, 1.0, 4, "linear", 104) == pytest.approx(0.5)
+
+
+# ---- the loop -----------------------------------------------------------------------------
+
+
+def test_loss_goes_down_and_outputs_are_written(trained, blobs):
+    out, result = trained
+    assert result.step == 40 and result.stopped_by == "steps" and result.images_seen == 320
+    losses = [r["loss"] for r in result.records]
+    assert len(losses) == 40
+    assert np.mean(losses[-8:]) < 0.6 * np.mean(losses[:4])
+    # Same problems (fixed noise, timesteps spread over 0..T-1) before and after training.
+    from odedit.models import load_model
+    from odedit.unets import build_unet
+
+    x0 = torch.from_numpy(load_dataset(blobs, 16).images[:16]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    torch.manual_seed(0)  # train() initialises with set_seed(seed=0)
+    before = denoising_loss(build_unet("tiny", 16), x0, load_model(out / "model").schedule)
+    after = denoising_loss(load_model(out / "model").unet, x0, load_model(out / "model").schedule)
+    assert after < 0.7 * before
+    # Run folder contents.
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 41))
+    assert set(log[0]) == {"step", "loss", "loss_ema", "lr", "images_per_s", "elapsed_s"}
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000020.png", "step_000040.png"]
+    assert Image.open(out / "samples" / "step_000040.png").size == (2 * 18 + 2, 2 * 18 + 2)
+    meta = json.loads((out / "train_config.json").read_text())
+    assert meta["resolved"]["config"] == "tiny" and meta["resolved"]["dataset"]["images"] == 32
+    assert (out / "model" / "checksums.json").is_file()
+    assert latest_checkpoint(out).name == "step_0000040"
+
+
+def test_exported_model_loads_and_restores(trained, blobs):
+    from odedit.models import load_model
+    from odedit.restorers import ODEdit, ODEditConfig
+
+    out, _ = trained
+    model = load_model(out / "model")
+    assert model.sample_size == 16 and model.prediction_type == "epsilon"
+    restorer = ODEdit(model, ODEditConfig.from_preset("light", steps=10))
+    img = torch.from_numpy(load_dataset(blobs, 16).images[:2]).permute(0, 3, 1, 2).float() / 255
+    restored = restorer.restore(img, generator=[torch.Generator().manual_seed(i) for i in range(2)])
+    assert restored.shape == img.shape and torch.isfinite(restored).all()
+    assert 0.0 <= float(restored.min()) and float(restored.max()) <= 1.0
+
+
+def _weights(ckpt):
+    return load_file(str(ckpt / "model.safetensors"))
+
+
+def test_resume_continues_exactly(blobs, tmp_path):
+    straight = train(config(blobs, tmp_path / "a", steps=8, checkpoint_every=4), log=quiet)
+    first = train(config(blobs, tmp_path / "b", steps=4), log=quiet)
+    assert first.step == 4
+    # The step-4 checkpoints of both runs are the same state.
+    for k, v in _weights(tmp_path / "a" / "checkpoints" / "step_0000004").items():
+        assert torch.equal(v, _weights(first.checkpoint)[k]), k
+    # A checkpoint exists: continuing without --resume is refused.
+    with pytest.raises(TrainError, match="--resume"):
+        train(config(blobs, tmp_path / "b", steps=8), log=quiet)
+    resumed = train(config(None, tmp_path / "b", steps=8, resume=True), log=quiet)  # data: the saved path
+    assert (resumed.start_step, resumed.step, resumed.images_seen) == (4, 8, 64)
+    a, b = _weights(straight.checkpoint), _weights(resumed.checkpoint)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ema_a = load_file(str(tmp_path / "a" / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+    ema_b = load_file(str(tmp_path / "b" / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+    for k in ema_a:
+        assert torch.equal(ema_a[k], ema_b[k]), k
+    losses_a = [r["loss"] for r in straight.records]
+    log_b = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log_b] == list(range(1, 9))
+    assert [r["loss"] for r in log_b] == losses_a
+    # Only the newest checkpoints are kept; resuming at the end just re-exports.
+    again = train(config(blobs, tmp_path / "b", steps=8, resume=True), log=quiet)
+    assert (again.start_step, again.step) == (8, 8)
+
+
+def test_resume_from_weights_starts_fresh_from_trained_weights(trained, blobs, tmp_path):
+    out, scratch = trained
+    result = train(
+        config(blobs, tmp_path / "ft", steps=4, resume_from_weights=str(out / "model"), export_fp16=True),
+        log=quiet,
+    )
+    assert (result.start_step, result.step) == (0, 4)
+    # Starts from the trained weights: far below the from-scratch start.
+    assert result.records[0]["loss"] < 0.7 * scratch.records[0]["loss"]
+    weights = load_file(str(tmp_path / "ft" / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
+    from odedit.models import load_model
+
+    assert load_model(tmp_path / "ft" / "model").sample_size == 16
+    with pytest.raises(TrainError, match="resolution"):
+        train(config(blobs, tmp_path / "ft2", steps=1, resume_from_weights=str(out / "model"), resolution=32))
+
+
+def test_minutes_grad_accum_and_bf16(blobs, tmp_path):
+    r = train(config(blobs, tmp_path / "m", steps=None, minutes=1e-4), log=quiet)
+    assert r.stopped_by == "minutes" and (tmp_path / "m" / "model" / "unet").is_dir()
+    r = train(config(blobs, tmp_path / "g", steps=2, grad_accum=2, mixed_precision="bf16", export_raw=True), log=quiet)
+    assert r.step == 2 and r.images_seen == 32 and np.isfinite(r.records[-1]["loss"])
+    assert (tmp_path / "g" / "model_raw" / "unet").is_dir()
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+
+
+def cli(argv):
+    from odedit.cli import main
+
+    return main(argv)
+
+
+def test_cli_trains_and_reports_data_errors(blobs, tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["train", "--out", str(out), "--config", "tiny", "--resolution", "16", "--batch-size", "4"]
+    assert cli([*argv, "--data", str(blobs), "--steps", "3", "--sample-every", "2", "--sample-steps", "2",
+                "--num-samples", "4", "--cpu", "--quiet", "--workers", "1"]) == 0
+    assert (out / "model" / "unet" / "config.json").is_file()
+    assert (out / "samples" / "step_000002.png").is_file()
+
+    capsys.readouterr()
+    fresh = ["train", "--out", str(tmp_path / "fresh"), "--config", "tiny", "--resolution", "16", "--cpu", "--quiet"]
+    assert cli([*fresh, "--data", str(tmp_path / "missing"), "--steps", "1"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("a.png", b"x")
+        zf.writestr("b.jpg", b"y")
+    assert cli([*fresh, "--data", str(bad), "--steps", "1"]) == 2
+    assert "all 2 image files were skipped" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli(["train", "--out", str(tmp_path / "y"), "--data", str(tmp_path / "empty"), "--steps", "1"]) == 2
+    assert "no image files" in capsys.readouterr().err
+    assert cli(["train", "--out", str(tmp_path / "z"), "--data", str(blobs)]) == 2
+    assert "--steps" in capsys.readouterr().err
+    assert cli([*argv, "--data", str(blobs), "--steps", "4", "--cpu", "--quiet"]) == 2  # checkpoints exist
+    assert "--resume" in capsys.readouterr().err
+    # --resume keeps the run's settings unless given again (here: only --steps and --lr change).
+    assert cli(["train", "--out", str(out), "--resume", "--steps", "5", "--lr", "1e-3", "--cpu", "--quiet"]) == 0
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["config"]["batch_size"] == 4 and saved["config"]["sample_every"] == 2
+    assert saved["config"]["lr"] == 1e-3 and saved["config"]["steps"] == 5
+    assert saved["resolved"]["start_step"] == 3
