@@ -1,0 +1,282 @@
+"""``odedit bench``: measure fidelity and realism of ODEdit vs SDEdit (paper Table 1)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from odedit.cli.common import (
+    CLIError,
+    add_device_args,
+    float_list,
+    int_list,
+    prepare_outdir,
+    ranged,
+    resolve_device,
+)
+
+DESCRIPTION = """\
+Benchmark restoration methods on degraded faces, as in Table 1 of the ODEdit paper.
+
+Each clean image of --data (a folder or a .zip of images, brought to the model's
+resolution) gets one random corruption at --severity, seeded by --seed and the file
+name (or the degraded images come from a `odedit corrupt` folder: --manifest). Every
+method restores every degraded image; `source` is the degraded image itself.
+
+Metrics: PSNR, SSIM (and LPIPS with the optional extra odedit[metrics] and its
+weights) of each restored image against its clean image; SWD (and FID) of each
+restored set against a reference set (--reference, default: the clean images of the
+benchmark). Outputs in -o DIR: results.csv, summary.md, grid.png, bench.json and the
+images. A rerun with the same settings resumes (finished images are skipped); other
+settings in the same DIR are an error unless --overwrite. Several GPUs:
+`accelerate launch -m odedit.cli.bench ...` splits the images between processes.
+
+Method names: source, odedit-<preset>[-<changed setting>...], sdedit-<strength>,
+sdedit-<strength>-nfe<N> (NFE-matched), <name>-oracle-best<N> (--best-of; uses the
+ground truth). See docs/benchmark.md.
+"""
+
+
+def str_list(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark ODEdit vs SDEdit on degraded faces (PSNR, SSIM, LPIPS, SWD, FID)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", required=True, metavar="PATH", help="clean images: a folder or a .zip of images")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="PATH_OR_HUB_ID",
+        help="model folder (diffusers layout) or hub id; default: the embedded face prior",
+    )
+    d = p.add_argument_group("images and degradation")
+    d.add_argument("--limit", type=ranged(int, 1), default=None, metavar="N", help="first N images (by name)")
+    d.add_argument(
+        "--severity",
+        type=ranged(int, 1, 5),
+        default=None,
+        help="corruption severity 1-5 (default 4, as the paper)",
+    )
+    d.add_argument(
+        "--corruptions",
+        type=str_list,
+        default=None,
+        metavar="LIST",
+        help="draw the corruption from these names only (default: all 21)",
+    )
+    d.add_argument(
+        "--manifest",
+        default=None,
+        metavar="CSV",
+        help="manifest.csv written by `odedit corrupt`: degraded images from its folder, clean ones from "
+        "--data matched by file stem",
+    )
+    d.add_argument("--seed", type=ranged(int, 0), default=0, help="base seed of corruptions and restorations")
+    d.add_argument("--fit", choices=("stretch", "crop"), default="stretch", help="how to make images square")
+
+    m = p.add_argument_group("methods")
+    m.add_argument(
+        "--methods",
+        type=str_list,
+        default=("source", "odedit", "sdedit"),
+        metavar="LIST",
+        help="subset of source,odedit,sdedit (default: all three)",
+    )
+    m.add_argument(
+        "--presets",
+        type=str_list,
+        default=("medium",),
+        metavar="LIST",
+        help="ODEdit presets, each a method: light,medium,heavy = 100/200/300 Langevin updates (default medium)",
+    )
+    m.add_argument(
+        "--steps", type=ranged(int, 1, 1000), default=None, help="DDIM steps N of both methods (default 100)"
+    )
+    m.add_argument(
+        "--langevin-steps", type=ranged(int, 0), default=None, metavar="K", help="Langevin updates per level"
+    )
+    m.add_argument("--levels", type=int_list, default=None, help="Langevin levels (default 0,25,50,75 scaled)")
+    m.add_argument(
+        "--step-size",
+        type=float_list,
+        default=None,
+        metavar="LIST",
+        help="epsilon; a list (e.g. 1e-6,1e-5) makes one method per value (default 1e-6)",
+    )
+    m.add_argument("--temperature", type=ranged(float, 0.0), default=None, help="T (default 1/3)")
+    m.add_argument("--invert-to", type=ranged(int, 0), default=None, help="top level of the inversion")
+    m.add_argument("--clip-inversion", action="store_true", help="clip predicted x0 to [-1,1] while inverting")
+    m.add_argument(
+        "--decode-threshold",
+        type=ranged(float, 0.0, 1.0, lo_open=True),
+        default=None,
+        metavar="P",
+        help="dynamic thresholding percentile while decoding",
+    )
+    m.add_argument(
+        "--strengths",
+        type=float_list,
+        default=(0.5,),
+        metavar="LIST",
+        help="SDEdit strengths in (0, 1], each its own method (default 0.5)",
+    )
+    m.add_argument("--eta", type=ranged(float, 0.0, 1.0), default=1.0, help="SDEdit eta (default 1 = DDPM)")
+    m.add_argument(
+        "--match-nfe",
+        action="store_true",
+        help="add SDEdit at each strength with the model calls of each ODEdit preset (steps = round(NFE/strength), "
+        "at most 1000)",
+    )
+    m.add_argument(
+        "--ablations",
+        action="store_true",
+        help="add the standard ablations of the first preset: no Langevin, lowest level only, step sizes "
+        "1e-6/1e-5/1e-4, x0 clipping toggled, NFE-matched SDEdit",
+    )
+    m.add_argument(
+        "--best-of",
+        type=ranged(int, 1, 64),
+        default=1,
+        metavar="N",
+        help="also report an ORACLE variant keeping the best PSNR of N samples against the clean image "
+        "(uses the ground truth; default 1 = none)",
+    )
+
+    q = p.add_argument_group("metrics")
+    q.add_argument(
+        "--reference",
+        default=None,
+        metavar="PATH",
+        help="realism reference set for SWD/FID (folder or .zip); default: the clean images of the benchmark",
+    )
+    q.add_argument("--reference-limit", type=ranged(int, 2), default=None, metavar="N", help="first N reference images")
+    q.add_argument(
+        "--download-weights",
+        action="store_true",
+        help="let LPIPS/FID download their pretrained weights if not cached (default: never download)",
+    )
+    q.add_argument("--grid-images", type=ranged(int, 0, 64), default=8, metavar="N", help="columns of grid.png")
+
+    r = p.add_argument_group("run")
+    r.add_argument("--batch-size", type=ranged(int, 1, 4096), default=16, help="images per batch (default 16)")
+    add_device_args(r)
+    r.add_argument("--overwrite", action="store_true", help="discard an existing benchmark in DIR")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def build_methods_from_args(args: argparse.Namespace):
+    from odedit.bench import build_methods
+
+    overrides = {
+        "steps": args.steps,
+        "levels": args.levels,
+        "langevin_steps": args.langevin_steps,
+        "temperature": args.temperature,
+        "invert_to": args.invert_to,
+        "clip_inversion_x0": args.clip_inversion or None,
+        "decode_threshold": args.decode_threshold,
+    }
+    if args.levels is not None and not args.levels:
+        raise CLIError("--levels is empty")
+    for s in args.strengths:
+        if not 0 < s <= 1:
+            raise CLIError(f"--strengths: {s} is out of range (0, 1]")
+    for e in args.step_size or ():
+        if not e >= 0:
+            raise CLIError(f"--step-size: {e} must be >= 0")
+    return build_methods(
+        methods=args.methods,
+        presets=args.presets,
+        odedit_overrides=overrides,
+        step_sizes=args.step_size,
+        strengths=args.strengths,
+        sdedit_steps=args.steps,
+        eta=args.eta,
+        ablations=args.ablations,
+        match_nfe=args.match_nfe,
+        best_of=args.best_of,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from odedit.bench import BenchError, BenchSettings, run_benchmark
+    from odedit.imageio import ImageError
+    from odedit.models import ModelLoadError
+
+    if args.manifest and (args.severity is not None or args.corruptions is not None):
+        raise CLIError("--severity and --corruptions do not apply with --manifest (the manifest says how each "
+                       "image was degraded)")
+    try:
+        methods = build_methods_from_args(args)
+    except BenchError as err:
+        raise CLIError(str(err)) from None
+    prepare_outdir(args.output)
+    if args.device != "auto":
+        resolve_device(args.device)  # a clear error if e.g. CUDA is missing
+    settings = BenchSettings(
+        data=args.data,
+        output=str(args.output),
+        methods=methods,
+        model=args.model,
+        limit=args.limit,
+        severity=4 if args.severity is None else args.severity,
+        corruptions=args.corruptions,
+        seed=args.seed,
+        manifest=args.manifest,
+        reference=args.reference,
+        reference_limit=args.reference_limit,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        fit=args.fit,
+        grid_images=args.grid_images,
+        allow_download=args.download_weights,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        command=list(sys.argv),
+    )
+    try:
+        stats = run_benchmark(settings)
+    except (BenchError, ModelLoadError, ImageError) as err:
+        raise CLIError(str(err)) from None
+    if stats.summary is not None:
+        share = f" (process 0 of {stats.processes})" if stats.processes > 1 else ""
+        print(
+            f"benchmarked {stats.images} image(s) x {len(stats.methods)} method(s): {stats.processed} "
+            f"image-method pair(s) computed now{share}, {stats.skipped} already done; {stats.wall_seconds:.1f} s. "
+            f"Table: {Path(stats.output) / 'summary.md'}",
+            file=sys.stderr,
+        )
+        for name, e in stats.summary["methods"].items():
+            print(f"  {name:<32} PSNR {e['psnr'][0]:7.2f}  SSIM {e['ssim'][0]:.3f}  SWD {e['swd']:7.2f}  "
+                  f"NFE {e['nfe']}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m odedit.cli.bench ...`` (e.g. under ``accelerate launch -m odedit.cli.bench``)."""
+    parser = argparse.ArgumentParser(prog="odedit")
+    sub = parser.add_subparsers(dest="command")
+    add_parser(sub)
+    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.run(args) or 0)
+    except CLIError as err:
+        print(f"odedit bench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("odedit bench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
