@@ -206,3 +206,19 @@ def test_through_the_odedit_dispatcher(inputs, tmp_path, capsys):
     assert (out / "a.png").exists()
     assert main(["corrupt", str(inputs), "-o", str(out), "--corruption", "pixelate", "--severity", "2"]) == 2
     assert "odedit corrupt: error:" in capsys.readouterr().err
+
+
+def test_size_resizes_before_corrupting(tmp_path):
+    """--size N brings every input to NxN first, so corruptions act at the model's resolution."""
+    import numpy as np
+    from PIL import Image
+
+    from odedit.cli import main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.full((50, 30, 3), 128, np.uint8)).save(src / "a.png")
+    out = tmp_path / "out"
+    assert main(["corrupt", str(src), "-o", str(out), "--corruption", "contrast", "--severity", "3",
+                 "--size", "16"]) == 0
+    assert np.asarray(Image.open(out / "a.png")).shape == (16, 16, 3)

@@ -284,26 +284,26 @@ def write_manifest(path: os.PathLike | str, entries: Iterable[dict]) -> None:
 
 
 def _name_seed(base_seed: int, name: str) -> int:
-    from odedit.cli.restore import image_seed  # the one definition of per-file seeds
+    from odedit.rng import restore_seed  # the one definition of per-file seeds
 
-    return image_seed(int(base_seed), name)
+    return restore_seed(int(base_seed), name)
 
 
 def corruption_seed(base_seed: int, key: str) -> int:
     """Seed of image ``key``'s corruption, the one ``odedit corrupt --seed base_seed`` gives
     ``<key>.png``: the degraded image is ``corrupt(clean, name, severity,
     np.random.default_rng(seed))``."""
-    from odedit.cli.corrupt import derive_seed
+    from odedit.rng import corrupt_seed
 
-    return derive_seed(int(base_seed), f"{key}.png")
+    return corrupt_seed(int(base_seed), f"{key}.png")
 
 
 def corruption_choice_seed(base_seed: int, key: str) -> int:
     """Seed of the generator that draws image ``key``'s corruption name
     (``choose_corruption``), as ``odedit corrupt --corruption random``."""
-    from odedit.cli.corrupt import derive_seed
+    from odedit.rng import corrupt_seed
 
-    return derive_seed(int(base_seed), f"{key}.png", "choice")
+    return corrupt_seed(int(base_seed), f"{key}.png", "choice")
 
 
 def restore_seed(base_seed: int, key: str, sample: int = 0) -> int:
@@ -1414,10 +1414,10 @@ def run_benchmark(settings: BenchSettings, ctx: Optional[ProcessContext] = None)
             "seeds": {
                 "base_seed": s.seed,
                 "corruption": "as `odedit corrupt --corruption random --seed S` on <key>.png: name drawn by "
-                              "choose_corruption(default_rng(derive_seed(S, key.png, 'choice'))), image = "
-                              "corrupt(clean, name, severity, default_rng(derive_seed(S, key.png))); per-image "
+                              "choose_corruption(default_rng(odedit.rng.corrupt_seed(S, key.png, 'choice'))), image = "
+                              "corrupt(clean, name, severity, default_rng(odedit.rng.corrupt_seed(S, key.png))); per-image "
                               "seeds in images/degraded/manifest.csv",
-                "restoration": "torch.Generator(device).manual_seed(image_seed(seed, key + '.png')) per image "
+                "restoration": "torch.Generator(device).manual_seed(odedit.rng.restore_seed(seed, key + '.png')) per image "
                                "(as `odedit restore --seed`); oracle sample j>0: key + '.png#j'",
             },
             "reference": s.reference, "reference_limit": s.reference_limit,

@@ -7,6 +7,7 @@ images share the batch.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Sequence
 
 import torch
@@ -32,3 +33,16 @@ def randn_per_image(
     return torch.stack(
         [torch.randn(shape, generator=g, device=like.device, dtype=like.dtype) for g in generators]
     )
+
+
+def restore_seed(base_seed: int, name: str) -> int:
+    """Per-image restoration seed from the base seed and the file name (``odedit restore``):
+    the same image gets the same noise whatever else is in the batch or the folder."""
+    digest = hashlib.sha256(f"{int(base_seed)}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 2
+
+
+def corrupt_seed(base_seed: int, file_name: str, purpose: str = "corrupt") -> int:
+    """A 63-bit corruption seed from the base seed and the output file name (``odedit corrupt``)."""
+    digest = hashlib.sha256(f"odedit-corrupt/{purpose}/{int(base_seed)}/{file_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import os
 import sys
@@ -101,15 +100,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="masking corruptions: fraction of pixels/columns masked, overriding the severity's "
         "(severity 1-5 = 0.1-0.5)",
     )
+    p.add_argument(
+        "--size",
+        type=ranged(int, 8, 4096),
+        default=None,
+        metavar="N",
+        help="resize each image to NxN (whole frame, Lanczos) before corrupting, e.g. a model's resolution",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(run=run)
     return p
 
 
 def derive_seed(base_seed: int, file_name: str, purpose: str = "corrupt") -> int:
-    """A 63-bit seed from the base seed and the output file name (stable across runs)."""
-    digest = hashlib.sha256(f"odedit-corrupt/{purpose}/{int(base_seed)}/{file_name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    """See :func:`odedit.rng.corrupt_seed`."""
+    from odedit.rng import corrupt_seed
+
+    return corrupt_seed(base_seed, file_name, purpose)
 
 
 def _read_manifest(path: Path) -> list[dict]:
@@ -141,7 +148,7 @@ def _write_manifest_atomic(path: Path, rows: list[dict]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from odedit.imageio import ImageError, list_images, load_image_uint8, save_png_atomic
+    from odedit.imageio import ImageError, fit_square, list_images, load_image_uint8, save_png_atomic
 
     name = args.corruption
     masking = name in MASKING_NAMES
@@ -208,6 +215,8 @@ def run(args: argparse.Namespace) -> int:
         except ImageError as err:
             failures.append(str(err))
             continue
+        if args.size is not None:
+            image = fit_square(image, args.size, "stretch")
         seed = derive_seed(args.seed, out_name)
         chosen = name
         if name == "random":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -126,10 +125,10 @@ def build_config(args: argparse.Namespace):
 
 
 def image_seed(base_seed: int, name: str) -> int:
-    """Per-image seed from the base seed and the file name: the same image gets the same
-    noise whatever else is in the batch or the folder."""
-    digest = hashlib.sha256(f"{base_seed}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 2
+    """See :func:`odedit.rng.restore_seed`."""
+    from odedit.rng import restore_seed
+
+    return restore_seed(base_seed, name)
 
 
 def _load_sidecar(path: Path) -> dict:

@@ -1,0 +1,7 @@
+"""``python -m odedit.cli`` (and ``accelerate launch -m odedit.cli``) runs the odedit command."""
+
+import sys
+
+from odedit.cli import main
+
+sys.exit(main())
