@@ -197,3 +197,28 @@ def test_python_api_matches_cli(tiny_model, faces, tmp_path):
     api = unit_to_uint8(restorer.restore(uint8_to_unit(image[None]), generator=[gen]))[0]
     assert np.array_equal(api, read(out / "face2.png"))
     assert os.path.exists(out / "restore.json")
+
+
+def test_concurrent_loads_leave_no_meta_device_patch(tiny_model):
+    """diffusers' loader patches nn.Module globally while it runs; concurrent loads from
+    threads must not leave that patch behind (models built later would be on 'meta')."""
+    import threading
+
+    from odedit.models import load_model
+
+    errors = []
+
+    def work():
+        try:
+            for _ in range(3):
+                load_model(str(tiny_model))
+        except Exception as err:  # surfaced below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert next(build_unet("tiny", 16).parameters()).device.type == "cpu"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -34,6 +35,13 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "celeba64"
 DEFAULT_MODEL_NAME = "odedit-celeba64 (embedded)"
 CHECKSUM_FILE = "checksums.json"
+
+
+# diffusers' from_pretrained builds models inside accelerate's init_empty_weights(), which
+# monkeypatches nn.Module.register_parameter process-wide. Two threads loading at once can
+# interleave enter/exit and leave the patch installed, so that every model built afterwards
+# lives on the meta device. Loads are therefore serialised.
+_LOAD_LOCK = threading.Lock()
 
 
 class ModelLoadError(RuntimeError):
@@ -179,7 +187,8 @@ def load_local(
     except (OSError, json.JSONDecodeError) as err:
         raise ModelLoadError(f"cannot read scheduler config {sched_path}: {err}") from err
     try:
-        unet = UNet2DModel.from_pretrained(unet_dir, torch_dtype=dtype)
+        with _LOAD_LOCK:
+            unet = UNet2DModel.from_pretrained(unet_dir, torch_dtype=dtype)
     except Exception as err:  # diffusers raises many types; re-raise with the model named
         raise ModelLoadError(f"cannot load UNet2DModel from {unet_dir}: {err}") from err
     unet = unet.to(device).eval().requires_grad_(False)
