@@ -717,27 +717,26 @@ class _Item:
 
 
 def _torch_dtype(name: str):
-    import torch
+    from odedit.devices import resolve_dtype
 
     try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    except KeyError:
-        raise BenchError(f"unknown dtype {name!r}; expected float32, bfloat16 or float16") from None
+        return resolve_dtype(name)
+    except ValueError as err:
+        raise BenchError(str(err)) from None
 
 
 def _resolve_device(name, ctx: ProcessContext):
     import torch
 
+    from odedit.devices import resolve_device
+
     name = str(name)
     if ctx.num > 1 and ctx.device is not None and name in ("auto", "cuda"):
-        return torch.device(ctx.device)
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+        return torch.device(ctx.device)  # one device per process under accelerate launch
+    try:
+        return resolve_device(name)
+    except ValueError as err:
+        raise BenchError(str(err)) from None
 
 
 def model_fingerprint(source) -> Optional[str]:

@@ -56,23 +56,13 @@ def float_list(text: str) -> tuple[float, ...]:
 
 
 def resolve_device(name: str):
-    """Map ``auto|cpu|cuda|mps`` (or ``cuda:N``) to a ``torch.device``; error if unavailable."""
-    import torch
+    """Map ``auto|cpu|cuda|mps`` (or ``cuda:N``) to a ``torch.device``; CLIError if unavailable."""
+    from odedit.devices import resolve_device as resolve
 
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError("--device cuda was requested but CUDA is not available on this machine")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise CLIError("--device mps was requested but MPS is not available on this machine")
     try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise CLIError(f"unknown --device {name!r}: {err}") from None
+        return resolve(name)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
@@ -86,9 +76,9 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
 
 
 def torch_dtype(name: str):
-    import torch
+    from odedit.devices import resolve_dtype
 
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    return resolve_dtype(name)
 
 
 def prepare_outdir(path: Path) -> Path:
