@@ -9,8 +9,8 @@ from pathlib import Path
 from odedit.cli.common import (
     CLIError,
     add_device_args,
+    add_odedit_override_args,
     float_list,
-    int_list,
     prepare_outdir,
     ranged,
     resolve_device,
@@ -101,26 +101,13 @@ def add_parser(subparsers) -> None:
         "--steps", type=ranged(int, 1, 1000), default=None, help="DDIM steps N of both methods (default 100)"
     )
     m.add_argument(
-        "--langevin-steps", type=ranged(int, 0), default=None, metavar="K", help="Langevin updates per level"
-    )
-    m.add_argument("--levels", type=int_list, default=None, help="Langevin levels (default 0,25,50,75 scaled)")
-    m.add_argument(
         "--step-size",
         type=float_list,
         default=None,
         metavar="LIST",
         help="epsilon; a list (e.g. 1e-6,1e-5) makes one method per value (default 1e-6)",
     )
-    m.add_argument("--temperature", type=ranged(float, 0.0), default=None, help="T (default 1/3)")
-    m.add_argument("--invert-to", type=ranged(int, 0), default=None, help="top level of the inversion")
-    m.add_argument("--clip-inversion", action="store_true", help="clip predicted x0 to [-1,1] while inverting")
-    m.add_argument(
-        "--decode-threshold",
-        type=ranged(float, 0.0, 1.0, lo_open=True),
-        default=None,
-        metavar="P",
-        help="dynamic thresholding percentile while decoding",
-    )
+    add_odedit_override_args(m)
     m.add_argument(
         "--strengths",
         type=float_list,

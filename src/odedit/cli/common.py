@@ -65,6 +65,38 @@ def resolve_device(name: str):
         raise CLIError(str(err)) from None
 
 
+def add_odedit_override_args(group) -> None:
+    """ODEdit flags shared by ``restore`` and ``bench`` (each overrides the preset/paper value).
+
+    ``--steps`` and ``--step-size`` are added by each command (bench takes a list of step sizes).
+    """
+    group.add_argument(
+        "--langevin-steps",
+        type=ranged(int, 0),
+        default=None,
+        metavar="K",
+        help="Langevin updates at EACH level (overrides the preset's total)",
+    )
+    group.add_argument(
+        "--levels",
+        type=int_list,
+        default=None,
+        help="grid levels for Langevin, 0 = least noise (default 0,25,50,75 scaled to --steps)",
+    )
+    group.add_argument("--temperature", type=ranged(float, 0.0), default=None, help="T (default 1/3)")
+    group.add_argument("--invert-to", type=ranged(int, 0), default=None, help="top level of the inversion")
+    group.add_argument(
+        "--clip-inversion", action="store_true", help="clip predicted x0 to [-1,1] while inverting"
+    )
+    group.add_argument(
+        "--decode-threshold",
+        type=ranged(float, 0.0, 1.0, lo_open=True),
+        default=None,
+        metavar="P",
+        help="dynamic thresholding of predicted x0 at percentile P while decoding (e.g. 0.995)",
+    )
+
+
 def add_device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default: auto)")
     parser.add_argument(

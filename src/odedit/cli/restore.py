@@ -10,8 +10,7 @@ from pathlib import Path
 from odedit.cli.common import (
     CLIError,
     add_device_args,
-    float_list,
-    int_list,
+    add_odedit_override_args,
     prepare_outdir,
     ranged,
     resolve_device,
@@ -62,30 +61,8 @@ def add_parser(subparsers) -> None:
         help="Langevin updates in total: light 100, medium 200, heavy 300 (default: medium)",
     )
     g.add_argument("--steps", type=ranged(int, 1, 1000), default=None, help="DDIM steps N (default 100)")
-    g.add_argument(
-        "--langevin-steps",
-        type=ranged(int, 0),
-        default=None,
-        metavar="K",
-        help="Langevin updates at EACH level (overrides the preset's total)",
-    )
-    g.add_argument(
-        "--levels",
-        type=int_list,
-        default=None,
-        help="grid levels for Langevin, 0 = least noise (default 0,25,50,75 scaled to --steps)",
-    )
     g.add_argument("--step-size", type=ranged(float, 0.0), default=None, help="epsilon (default 1e-6)")
-    g.add_argument("--temperature", type=ranged(float, 0.0), default=None, help="T (default 1/3)")
-    g.add_argument("--invert-to", type=ranged(int, 0), default=None, help="top level of the inversion")
-    g.add_argument("--clip-inversion", action="store_true", help="clip predicted x0 to [-1,1] while inverting")
-    g.add_argument(
-        "--decode-threshold",
-        type=ranged(float, 0.0, 1.0, lo_open=True),
-        default=None,
-        metavar="P",
-        help="dynamic thresholding of predicted x0 at percentile P while decoding (e.g. 0.995)",
-    )
+    add_odedit_override_args(g)
     s = p.add_argument_group("SDEdit settings")
     s.add_argument(
         "--strength",
