@@ -430,12 +430,14 @@ def test_ablation_set_and_nfe_matched_sdedit():
     assert methods["odedit-medium-eps1e-05"].config.step_size == 1e-5
     assert methods["odedit-medium-eps0.0001"].config.step_size == 1e-4
     assert methods["odedit-medium-clip"].config.clip_inversion_x0
-    # SDEdit with the NFE of odedit-medium: steps = round(400 / strength), at most 1000
-    assert methods["sdedit-0.5-nfe400"].config.steps == 800
-    assert methods["sdedit-0.7-nfe400"].config.steps == 571
-    assert methods["sdedit-0.3-nfe300"].config.steps == 1000  # capped: 0.3 x 1000 = 300 calls
-    assert "capped" in methods["sdedit-0.3-nfe300"].note
-    assert "t0=399" in methods["sdedit-0.5-nfe400"].note  # the grid's effective start is reported
+    # SDEdit with the NFE of odedit-medium, from the same t0 as plain SDEdit at that strength
+    for strength, t0 in ((0.5, 490), (0.7, 690)):
+        cfg = methods[f"sdedit-{strength}-nfe400"].config
+        assert cfg.nfe == 400 and cfg.timesteps(1000)[0] == t0
+        assert f"t0={t0}" in methods[f"sdedit-{strength}-nfe400"].note
+    capped = methods["sdedit-0.3-nfe291"]  # t0 = 290: at most every timestep once
+    assert capped.config.timesteps(1000) == list(range(290, -1, -1))
+    assert "capped" in capped.note
     assert all(m.ablation for n, m in methods.items() if n not in ("source", "odedit-medium"))
 
 
@@ -456,13 +458,14 @@ def test_separate_reference_set_adds_the_clean_floor(tmp_path, monkeypatch, face
     assert "| clean (floor) |" in text and "(5 images)" in text
 
 
-def test_sdedit_steps_for_nfe_hits_the_nfe_exactly():
+def test_sdedit_nfe_matched_hits_the_nfe_and_keeps_t0():
     from odedit.restorers import SDEditConfig
 
-    for nfe in (20, 112, 300, 400):
+    for nfe in (1, 20, 112, 300, 400):
         for strength in (0.2, 0.35, 0.5, 0.75, 1.0):
-            steps = B.sdedit_steps_for_nfe(nfe, strength)
-            if round(nfe / strength) <= 1000:
-                assert SDEditConfig(steps=steps, strength=strength).nfe == nfe, (nfe, strength, steps)
-            else:
-                assert steps == 1000
+            cfg = B.sdedit_nfe_matched(nfe, strength)
+            plain_t0 = SDEditConfig(strength=strength).timesteps(1000)[0]
+            path = cfg.timesteps(1000)
+            assert path[0] == plain_t0
+            assert cfg.nfe == len(path) == min(nfe, plain_t0 + 1)
+            assert all(a > b for a, b in zip(path, path[1:])) and path[-1] == (0 if nfe > 1 else plain_t0)

@@ -622,3 +622,26 @@ def test_checksum_mismatch_is_reported(model_copy):
     weights.unlink()
     with pytest.raises(ModelLoadError, match="is missing"):
         load_model(model_copy)
+
+
+@pytest.mark.parametrize("calls", [1, 7, 200, 491])
+def test_sdedit_with_a_call_budget_keeps_t0_and_makes_that_many_calls(gaussian_prior, calls):
+    """SDEditConfig.calls: `calls` evenly spaced timesteps from the plain t0 down to 0."""
+    cfg = SDEditConfig(strength=0.5, calls=calls)
+    t0 = SDEditConfig(strength=0.5).timesteps(T)[0]
+    m = Counted(gaussian_prior)
+    ticks = []
+    sdedit(m, torch.zeros((1, 3, 16, 16)), cfg, _gens(0, 1), callback=ticks.append)
+    assert m.calls == cfg.nfe == calls == sum(ticks)
+    assert m.timesteps[0] == t0 and len(set(m.timesteps)) == calls
+    if calls > 1:
+        assert m.timesteps[-1] == 0
+        gaps = [a - b for a, b in zip(m.timesteps, m.timesteps[1:])]
+        assert max(gaps) - min(gaps) <= 1  # evenly spaced up to rounding
+
+
+def test_sdedit_call_budget_beyond_t0_is_refused():
+    with pytest.raises(ValueError, match="at most 491 model calls"):
+        SDEditConfig(strength=0.5, calls=492).timesteps(T)
+    with pytest.raises(ValueError, match="calls"):
+        SDEditConfig(calls=0)

@@ -64,7 +64,7 @@ __all__ = [
     "MethodSpec",
     "odedit_method_name",
     "sdedit_method_name",
-    "sdedit_steps_for_nfe",
+    "sdedit_nfe_matched",
     "sdedit_start_timestep",
     "build_methods",
     "ablation_methods",
@@ -91,7 +91,6 @@ RESULT_COLUMNS = ("image", "corruption", "method", "metric", "value")
 SET_ROW = "*"  # image/corruption field of set-level rows in results.csv
 METHOD_KINDS = ("source", "odedit", "sdedit")
 ABLATION_STEP_SIZES = (1e-6, 1e-5, 1e-4)
-MAX_SDEDIT_STEPS = 1000
 # SWD settings (Karras et al. 2018 defaults) and the seeds of its three random streams.
 PSNR_CAP = 100.0  # dB: an image identical to its clean image (PSNR = inf) counts as this in means
 SWD_SETTINGS = {"descriptors_per_image": 128, "patch_size": 7, "dirs": 128, "repeats": 4, "min_resolution": 16}
@@ -438,40 +437,24 @@ def sdedit_method_name(cfg: SDEditConfig, matched: bool = False) -> str:
     return "-".join(parts)
 
 
-def sdedit_steps_for_nfe(nfe: int, strength: float, max_steps: int = MAX_SDEDIT_STEPS) -> int:
-    """SDEdit grid size whose model calls equal ``nfe`` at ``strength``.
+def sdedit_nfe_matched(nfe: int, strength: float, eta: float = 1.0,
+                       num_train_timesteps: int = 1000) -> SDEditConfig:
+    """SDEdit at ``strength`` (same start t0 as the plain method) with ``nfe`` model calls.
 
-    SDEdit makes ``ceil(strength * steps)`` calls, so ``steps = round(nfe / strength)``,
-    capped at ``max_steps`` (the 1000 training timesteps: the cap lowers the NFE of weak
-    strengths, e.g. 0.3 x 1000 = 300 calls). When rounding misses the NFE by one, the
-    nearest grid sizes (+-2) are tried for an exact match.
+    The reverse path is ``nfe`` evenly spaced timesteps from t0 to 0 (``SDEditConfig.calls``),
+    capped at t0 + 1 calls (every timestep once): e.g. strength 0.3 starts at t0 = 290 and
+    can make at most 291 calls.
     """
     if nfe < 1:
         raise ValueError(f"nfe must be >= 1, got {nfe}")
-    guess = min(max_steps, max(1, int(round(nfe / strength))))
-
-    def calls(steps: int) -> int:
-        return SDEditConfig(steps=steps, strength=strength).nfe
-
-    if calls(guess) == nfe:
-        return guess
-    candidates = [s for s in range(guess - 2, guess + 3) if 1 <= s <= max_steps]
-    exact = [s for s in candidates if calls(s) == nfe]
-    if exact:
-        return min(exact, key=lambda s: abs(s - guess))
-    return guess
+    plain = SDEditConfig(strength=strength, eta=eta)
+    t0 = sdedit_start_timestep(plain, num_train_timesteps)
+    return replace(plain, calls=min(int(nfe), t0 + 1))
 
 
 def sdedit_start_timestep(cfg: SDEditConfig, num_train_timesteps: int = 1000) -> int:
-    """The training timestep SDEdit starts from (its effective noise level).
-
-    The DDIM 'leading' grid has spacing ``T // steps``, so for ``steps`` that do not
-    divide T the start ``start_level * (T // steps)`` can be well below ``strength * T``
-    (e.g. 800 steps at strength 0.5 start at t = 399, not ~500).
-    """
-    from odedit.schedule import timestep_grid
-
-    return timestep_grid(num_train_timesteps, cfg.steps)[cfg.start_level]
+    """The training timestep SDEdit starts from (its effective noise level)."""
+    return cfg.timesteps(num_train_timesteps)[0]
 
 
 def _odedit_config(preset: str, overrides: dict) -> ODEditConfig:
@@ -500,7 +483,7 @@ def ablation_methods(
     - all four levels = the base method itself;
     - step sizes 1e-6 / 1e-5 / 1e-4;
     - x0 clipping in inversion toggled;
-    - SDEdit at each strength with the base's NFE (:func:`sdedit_steps_for_nfe`).
+    - SDEdit at each strength with the base's NFE (:func:`sdedit_nfe_matched`).
     """
     base = _odedit_config(preset, overrides)
     out: dict[str, MethodSpec] = {}
@@ -519,12 +502,11 @@ def ablation_methods(
        f"ablation: x0 clipping in inversion {'on' if not base.clip_inversion_x0 else 'off'}")
     base_name = odedit_method_name(preset, base)
     for s in strengths:
-        steps = sdedit_steps_for_nfe(base.nfe, s)
-        cfg = SDEditConfig(steps=steps, strength=s, eta=eta)
+        cfg = sdedit_nfe_matched(base.nfe, s, eta)
         t0 = sdedit_start_timestep(cfg)
-        note = f"NFE matched to {base_name} ({base.nfe}): steps={steps}, NFE={cfg.nfe}, starts at t0={t0}"
+        note = f"NFE matched to {base_name} ({base.nfe}): NFE={cfg.nfe}, starts at t0={t0}"
         if cfg.nfe != base.nfe:
-            note += f" (capped at {MAX_SDEDIT_STEPS} steps)"
+            note += f" (capped at t0 + 1 = {t0 + 1} calls)"
         _add(out, MethodSpec(sdedit_method_name(cfg, matched=True), "sdedit", cfg, note=note, ablation=True))
     return list(out.values())
 
@@ -596,9 +578,8 @@ def build_methods(
             for p in presets:
                 base = _odedit_config(p, {**overrides, "step_size": sizes[0]})
                 for s in strengths:
-                    steps = sdedit_steps_for_nfe(base.nfe, s)
-                    cfg = SDEditConfig(steps=steps, strength=s, eta=eta)
-                    note = (f"NFE matched to {odedit_method_name(p, base)} ({base.nfe}): steps={steps}, "
+                    cfg = sdedit_nfe_matched(base.nfe, s, eta)
+                    note = (f"NFE matched to {odedit_method_name(p, base)} ({base.nfe}): "
                             f"NFE={cfg.nfe}, starts at t0={sdedit_start_timestep(cfg)}")
                     _add(out, MethodSpec(sdedit_method_name(cfg, matched=True), "sdedit", cfg, note=note))
         if best_of > 1:
@@ -1046,6 +1027,8 @@ def _config_text(spec: MethodSpec) -> str:
             text += f", decode threshold {_g(c.decode_threshold)}"
     else:
         text = f"steps={c.steps}, strength={_g(c.strength)}, eta={_g(c.eta)}, t0={sdedit_start_timestep(c)}"
+        if c.calls is not None:
+            text += f", {c.calls} evenly spaced timesteps"
     if spec.best_of > 1:
         text += f", best of {spec.best_of}"
     return text

@@ -126,11 +126,15 @@ class SDEditConfig:
         strength: t0 as a fraction of the diffusion in (0, 1]; the start level is
             ceil(strength * steps) - 1.
         eta: 1.0 = DDPM ancestral noise (SDEdit); 0 = deterministic DDIM from the noised input.
+        calls: None, or the number of model calls: the reverse path is then ``calls`` evenly
+            spaced integer timesteps from the same start t0 down to 0 (to compare with
+            another method at equal cost without moving t0); at most t0 + 1.
     """
 
     steps: int = PAPER_STEPS
     strength: float = 0.5
     eta: float = 1.0
+    calls: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -139,6 +143,8 @@ class SDEditConfig:
             raise ValueError(f"strength must be in (0, 1], got {self.strength}")
         if not 0 <= self.eta <= 1:
             raise ValueError(f"eta must be in [0, 1], got {self.eta}")
+        if self.calls is not None and (not isinstance(self.calls, int) or self.calls < 1):
+            raise ValueError(f"calls must be a positive integer or None, got {self.calls!r}")
 
     @property
     def start_level(self) -> int:
@@ -146,7 +152,19 @@ class SDEditConfig:
 
     @property
     def nfe(self) -> int:
-        return self.start_level + 1
+        return self.start_level + 1 if self.calls is None else self.calls
+
+    def timesteps(self, num_train_timesteps: int) -> list[int]:
+        """The descending training timesteps SDEdit evaluates the model at, t0 first."""
+        grid = timestep_grid(num_train_timesteps, self.steps)
+        t0 = grid[self.start_level]
+        if self.calls is None:
+            return [grid[i] for i in range(self.start_level, -1, -1)]
+        if self.calls > t0 + 1:
+            raise ValueError(f"SDEdit from t0={t0} can make at most {t0 + 1} model calls, got calls={self.calls}")
+        if self.calls == 1:
+            return [t0]
+        return [int(math.floor(t0 - i * t0 / (self.calls - 1) + 0.5)) for i in range(self.calls)]
 
     def to_dict(self) -> dict:
         return {**asdict(self), "start_level": self.start_level, "nfe": self.nfe}
@@ -207,14 +225,11 @@ def sdedit(
     Args and return as :func:`odedit`.
     """
     schedule = model.schedule
-    grid = timestep_grid(schedule.num_train_timesteps, config.steps)
-    start = config.start_level
+    path = config.timesteps(schedule.num_train_timesteps)
     # 1. x_{t0} = sqrt(ab) x0 + sigma z  (noise injection, the "hijack").
-    x = forward_noise(x0, randn_per_image(x0, generators), schedule.alpha_bar_at(grid[start]))
+    x = forward_noise(x0, randn_per_image(x0, generators), schedule.alpha_bar_at(path[0]))
     # 2. reverse from t0 to the image with DDPM-style ancestral steps.
-    for level in range(start, -1, -1):
-        t = grid[level]
-        t_next = grid[level - 1] if level > 0 else -1
+    for t, t_next in zip(path, [*path[1:], -1]):
         eps = model(x, t)
         noise = randn_per_image(x, generators)
         x = stochastic_step(x, eps, noise, schedule.alpha_bar_at(t), schedule.alpha_bar_at(t_next), config.eta)
