@@ -13,17 +13,14 @@ from PIL import Image
 
 from odedit.cli import restore as restore_cli
 from odedit.cli.common import CLIError
-from odedit.unets import build_unet, save_model
+from odedit.unets import build_unet
 
 FAST = ["--steps", "6", "--preset", "light", "--quiet"]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    save_model(build_unet("tiny", 16), path)
-    return path
+@pytest.fixture()
+def tiny_model(tiny_unet_dir):
+    return tiny_unet_dir
 
 
 @pytest.fixture()

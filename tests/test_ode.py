@@ -13,6 +13,7 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler
 
 from odedit.ode import clip_x0, ddim_path, ddim_step, decode, dynamic_threshold, invert
 from odedit.schedule import timestep_grid
+from helpers import Counted
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -28,17 +29,6 @@ def _images(seed: int, n: int = 2, dtype=torch.float64) -> torch.Tensor:
     return torch.rand((n, 3, 16, 16), generator=g, dtype=dtype) * 2 - 1
 
 
-class Counted:
-    """Wrap an eps model and count its calls (forwards the contract's attributes)."""
-
-    def __init__(self, model):
-        self.model, self.calls, self.timesteps = model, 0, []
-        self.schedule, self.sample_size, self.in_channels = model.schedule, model.sample_size, model.in_channels
-
-    def __call__(self, x, t):
-        self.calls += 1
-        self.timesteps.append(t)
-        return self.model(x, t)
 
 
 # ---- exactness on the closed-form Gaussian prior ------------------------------------------------

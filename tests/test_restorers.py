@@ -30,6 +30,7 @@ from odedit.restorers import (
 from odedit.rng import generators_for
 from odedit.schedule import timestep_grid
 from odedit.sde import stochastic_step
+from helpers import Counted
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -41,17 +42,6 @@ def _gens(offset: int, n: int):
     return generators_for(range(offset, offset + n))
 
 
-class Counted:
-    """An eps model that counts its calls (and the timesteps it was asked for)."""
-
-    def __init__(self, model):
-        self.model, self.calls, self.timesteps = model, 0, []
-        self.schedule, self.sample_size, self.in_channels = model.schedule, model.sample_size, model.in_channels
-
-    def __call__(self, x, t):
-        self.calls += 1
-        self.timesteps.append(t)
-        return self.model(x, t)
 
 
 def _prior_images(prior: GaussianPrior, n: int, seed: int) -> torch.Tensor:

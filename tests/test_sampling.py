@@ -10,23 +10,14 @@ from PIL import Image
 from odedit.models import default_model_available, load_model
 from odedit.rng import generators_for
 from odedit.sampling import ddim_sample, grid_image
-from odedit.unets import build_unet, save_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    save_model(build_unet("tiny", 16), path)
-    return path
+@pytest.fixture()
+def tiny_model(tiny_unet_dir):
+    return tiny_unet_dir
 
 
 def test_samples_depend_only_on_their_seed(tiny_model):

@@ -109,6 +109,8 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 from scipy import ndimage
 
+from odedit.corruption_names import CORRUPTIONS, IMAGENET_C, MASKING
+
 __all__ = [
     "IMAGENET_C",
     "MASKING",
@@ -129,34 +131,6 @@ __all__ = [
 # Names and parameter tables
 # ---------------------------------------------------------------------------------------
 
-#: The 19 ImageNet-C corruptions, in the order of the paper's table.
-IMAGENET_C: tuple[str, ...] = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "speckle_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "gaussian_blur",
-    "snow",
-    "frost",
-    "fog",
-    "spatter",
-    "brightness",
-    "contrast",
-    "saturate",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
-
-#: The two masking corruptions (masked pixels are unknown to the restoration method).
-MASKING: tuple[str, ...] = ("masking_random_color", "masking_vline_random_color")
-
-#: Every corruption name accepted by :func:`corrupt` (what ``random`` draws from).
-CORRUPTIONS: tuple[str, ...] = IMAGENET_C + MASKING
 
 #: Corruptions that use no randomness (the same output whatever the generator).
 DETERMINISTIC: frozenset[str] = frozenset(

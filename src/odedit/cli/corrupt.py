@@ -24,32 +24,9 @@ from pathlib import Path
 
 from odedit.cli.common import CLIError, prepare_outdir, ranged
 
-# Same names as odedit.corruptions.CORRUPTIONS (kept here so that parsing needs no numpy;
-# a test checks that the two agree).
-CORRUPTION_NAMES = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "speckle_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "gaussian_blur",
-    "snow",
-    "frost",
-    "fog",
-    "spatter",
-    "brightness",
-    "contrast",
-    "saturate",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-    "masking_random_color",
-    "masking_vline_random_color",
-)
-MASKING_NAMES = ("masking_random_color", "masking_vline_random_color")
+from odedit.corruption_names import CORRUPTIONS as CORRUPTION_NAMES
+from odedit.corruption_names import MASKING as MASKING_NAMES
+
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("file", "corruption", "severity", "seed", "fraction")
 
