@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import threading
 import zipfile
 from collections import Counter
@@ -305,6 +306,34 @@ def test_zip_input_limit_and_extending_the_limit(tmp_path, monkeypatch, faces, t
     for r in read_results(out):
         if r["method"] == "source" and r["metric"] in ("psnr", "ssim"):
             assert r["value"] == full[(r["image"], r["metric"])]
+
+
+def test_swd_is_computed_once_per_set_and_the_cache_never_changes_a_value(tmp_path, monkeypatch, faces, tiny_model):
+    out = tmp_path / "c"
+    def argv(methods, limit=4):
+        return ["--data", str(faces["folder"]), "--model", str(tiny_model), "-o", str(out), "--limit", str(limit),
+                "--methods", methods, *FAST]
+
+    calls = []
+    real = M.swd_from_descriptors
+    monkeypatch.setattr(M, "swd_from_descriptors", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def swd_rows():
+        return {r["method"]: float(r["value"]) for r in read_results(out) if r["metric"] == "swd"}
+
+    run_bench(argv("source"), monkeypatch)
+    first = swd_rows()
+    assert len(calls) == 1
+    run_bench(argv("source,sdedit"), monkeypatch)  # a stage that adds a method
+    assert len(calls) == 2 and swd_rows()["source"] == first["source"]
+    both = swd_rows()
+    run_bench(argv("source,sdedit"), monkeypatch)  # nothing new: tables only
+    assert len(calls) == 2 and swd_rows() == both
+    shutil.rmtree(out / "records" / B.SWD_CACHE_DIR)  # recomputed from scratch: the same numbers
+    run_bench(argv("source,sdedit"), monkeypatch)
+    assert len(calls) == 4 and swd_rows() == both
+    run_bench(argv("source", limit=5), monkeypatch)
+    assert len(calls) == 5  # another image set: a new value, not the cached one
 
 
 def test_manifest_input(tmp_path, monkeypatch, faces, tiny_model):

@@ -26,7 +26,7 @@ import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 import scipy.linalg
@@ -427,8 +427,38 @@ def _w1_sorted(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sum(np.abs(ca - cb) * deltas))
 
 
+def _directions(rng: np.random.Generator, dim: int, dirs: int) -> np.ndarray:
+    """``dirs`` random unit directions in R^dim: Gaussian, normalised, float32 (D, dirs)."""
+    d = rng.standard_normal((dim, dirs))
+    d /= np.sqrt(np.sum(np.square(d), axis=0, keepdims=True))
+    return d.astype(np.float32)
+
+
+def _w1_projected(a: np.ndarray, b: np.ndarray, d: np.ndarray) -> float:
+    """Mean over the columns of ``d`` of the 1-D Wasserstein-1 of the projections."""
+    pa = np.sort(a @ d, axis=0)
+    pb = np.sort(b @ d, axis=0)
+    if pa.shape == pb.shape:
+        return float(np.mean(np.abs(pa.astype(np.float64) - pb)))
+    return float(np.mean([_w1_sorted(pa[:, j], pb[:, j]) for j in range(d.shape[1])]))
+
+
+def _parallel_map(fn, items: list, workers: Optional[int]) -> list:
+    """``[fn(*item) for item in items]``, in threads (numpy's sort and matmul release the
+    GIL); results in input order, so the value never depends on ``workers``."""
+    if workers is None:
+        workers = min(len(items), os.cpu_count() or 1, 16)
+    if workers <= 1 or len(items) <= 1:
+        return [fn(*item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda item: fn(*item), items))
+
+
 def sliced_wasserstein(
-    a: np.ndarray, b: np.ndarray, rng: RngLike, *, dirs: int = 128, repeats: int = 4
+    a: np.ndarray, b: np.ndarray, rng: RngLike, *, dirs: int = 128, repeats: int = 4,
+    workers: Optional[int] = 1,
 ) -> float:
     """Sliced Wasserstein-1 distance between point sets ``a`` (Ma, D) and ``b`` (Mb, D).
 
@@ -437,25 +467,16 @@ def sliced_wasserstein(
     projected, and the 1-D Wasserstein-1 distance is averaged over directions and
     rounds. Equal sizes use the original sorted-difference formula
     ``mean |sort(a d) - sort(b d)|``; unequal sizes use the exact CDF formula (same
-    value when sizes are equal). No 1e3 factor here.
+    value when sizes are equal). No 1e3 factor here. ``workers``: threads for the
+    rounds (None = one per core); the value does not depend on it.
     """
     rng = _as_rng(rng)
     a = np.asarray(a, dtype=np.float32)
     b = np.asarray(b, dtype=np.float32)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b must be (M, D) with the same D, got {a.shape} and {b.shape}")
-    results = []
-    for _ in range(repeats):
-        d = rng.standard_normal((a.shape[1], dirs))
-        d /= np.sqrt(np.sum(np.square(d), axis=0, keepdims=True))
-        d = d.astype(np.float32)
-        pa = np.sort(a @ d, axis=0)
-        pb = np.sort(b @ d, axis=0)
-        if pa.shape == pb.shape:
-            results.append(float(np.mean(np.abs(pa.astype(np.float64) - pb))))
-        else:
-            results.append(float(np.mean([_w1_sorted(pa[:, j], pb[:, j]) for j in range(dirs)])))
-    return float(np.mean(results))
+    ds = [_directions(rng, a.shape[1], dirs) for _ in range(repeats)]
+    return float(np.mean(_parallel_map(_w1_projected, [(a, b, d) for d in ds], workers)))
 
 
 def swd_from_descriptors(
@@ -465,24 +486,33 @@ def swd_from_descriptors(
     *,
     dirs: int = 128,
     repeats: int = 4,
+    workers: Optional[int] = None,
 ) -> dict:
     """SWD between two descriptor sets (second step of SWD), in the original's units.
 
     Each set is standardised on its own, per channel and level (subtract the mean,
     divide by the population std over all its descriptors and pixels; the
     original's ``finalize_descriptors``), then :func:`sliced_wasserstein` is taken
-    per level with ``repeats`` x ``dirs`` directions from ``rng``. Returns
-    ``{"levels": [SWD x 1e3 per level, finest first], "resolutions": [...],
-    "mean": average of the levels}`` (the original's ``SWDx1e3_<res>`` and
-    ``SWDx1e3_avg``). Symmetric in (a, b) for a given rng state.
+    per level with ``repeats`` x ``dirs`` directions from ``rng`` (drawn level by
+    level, round by round). Returns ``{"levels": [SWD x 1e3 per level, finest
+    first], "resolutions": [...], "mean": average of the levels}`` (the original's
+    ``SWDx1e3_<res>`` and ``SWDx1e3_avg``). Symmetric in (a, b) for a given rng
+    state. The levels x rounds projections run in ``workers`` threads (None = one
+    per core, at most 16); the result does not depend on it.
     """
     rng = _as_rng(rng)
     if desc_a.resolutions != desc_b.resolutions:
         raise ValueError(f"pyramid levels differ: {desc_a.resolutions} vs {desc_b.resolutions}")
-    levels = [
-        1e3 * sliced_wasserstein(_finalize(da), _finalize(db), rng, dirs=dirs, repeats=repeats)
-        for da, db in zip(desc_a.levels, desc_b.levels)
-    ]
+    tasks, owner = [], []
+    for i, (da, db) in enumerate(zip(desc_a.levels, desc_b.levels)):
+        fa, fb = _finalize(da), _finalize(db)
+        if fa.shape[1] != fb.shape[1]:
+            raise ValueError(f"descriptor sizes differ: {fa.shape[1]} vs {fb.shape[1]}")
+        for _ in range(repeats):
+            tasks.append((fa, fb, _directions(rng, fa.shape[1], dirs)))
+            owner.append(i)
+    w1 = _parallel_map(_w1_projected, tasks, workers)
+    levels = [1e3 * float(np.mean([v for v, o in zip(w1, owner) if o == i])) for i in range(len(desc_a.levels))]
     return {"levels": levels, "resolutions": list(desc_a.resolutions), "mean": float(np.mean(levels))}
 
 

@@ -119,8 +119,8 @@ def add_parser(subparsers) -> None:
     m.add_argument(
         "--match-nfe",
         action="store_true",
-        help="add SDEdit at each strength with the model calls of each ODEdit preset (steps = round(NFE/strength), "
-        "at most 1000)",
+        help="add SDEdit at each strength with the model calls of each ODEdit preset (same start t0 as the "
+        "strength, NFE evenly spaced timesteps down to 0, at most t0+1)",
     )
     m.add_argument(
         "--ablations",
