@@ -1,0 +1,92 @@
+"""The prepared GPU-machine call (scripts/device_session.sh) end to end on the CPU.
+
+A future session with a GPU gets one ~10-minute call, so the script must not fail on a
+renamed flag or a packing mistake. This runs every phase with the tiny UNet at 16x16 on
+synthetic images (train a few steps, sample-quality figures, the three bench stages),
+then unpacks the results with scripts/device_unpack.sh and installs the model with
+scripts/ship_default_model.py into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("tar") is None,
+                                reason="needs bash and tar")
+
+
+def _zip_of_faces(path: Path, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:16, 0:16] / 15.0
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(n):
+            c = rng.uniform(0, 1, 3)
+            m = np.exp(-((xx - 0.5) ** 2 + (yy - rng.uniform(0.4, 0.6)) ** 2) / 0.05)[..., None]
+            img = ((m * c + (1 - m) * (1 - c)) * 255).astype(np.uint8)
+            from io import BytesIO
+
+            buf = BytesIO()
+            Image.fromarray(img).save(buf, format="PNG")
+            zf.writestr(f"{i:06d}.png", buf.getvalue())
+
+
+def test_device_session_dry_run(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    _zip_of_faces(data / "train.zip", 24, 0)
+    _zip_of_faces(data / "val.zip", 6, 1)
+    out = tmp_path / "OUT"
+    out.mkdir()
+    env = dict(
+        os.environ,
+        OUT=str(out), DATA=str(data), PYTHON=sys.executable, SKIP_WHEELS="1", DEVICE="cpu", CONFIG="tiny",
+        TRAIN_MINUTES="5", TRAIN_BATCH="4", TRAIN_EXTRA="--steps 3 --resolution 16 --workers 1",
+        QUALITY_N="4", QUALITY_STEPS="2", QUALITY_BATCH="4", LIMIT="2", BENCH_BATCH="2",
+        BENCH_EXTRA="--steps 3 --langevin-steps 1", TOTAL_SECONDS="400", OMP_NUM_THREADS="1",
+    )
+    run = subprocess.run(["bash", "scripts/device_session.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    log = (out / "session.log").read_text() if (out / "session.log").exists() else run.stdout + run.stderr
+    assert run.returncode == 0, log[-3000:]
+    assert "bench stage 3 exit 0" in log, log[-3000:]
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) <= 8, names  # the device returns at most 8 files
+    assert all(p.stat().st_size <= 16 * 2**20 for p in out.iterdir())
+
+    dest = tmp_path / "unpacked"
+    un = subprocess.run(["bash", "scripts/device_unpack.sh", str(out), str(dest)], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120)
+    assert un.returncode == 0, un.stderr
+    assert "SWD x1e3 samples-val" in un.stdout
+    quality = json.loads((dest / "quality" / "quality.json").read_text())
+    assert quality["n"] == 4 and quality["swd_train_val"]["mean"] >= 0 and quality["swd_samples_val"]["mean"] >= 0
+    assert (dest / "quality" / "samples.png").is_file()
+    summary = (dest / "bench" / "summary.md").read_text()
+    with open(dest / "bench" / "results.csv", newline="") as fh:
+        methods = {row["method"] for row in csv.DictReader(fh)}
+    # stage 3 (ablations) reached the tables: the no-Langevin ablation and NFE-matched SDEdit
+    assert any(m.startswith("odedit-nolangevin") for m in methods), methods
+    assert any("-nfe" in m for m in methods), methods
+    assert "source" in methods and "odedit-nolangevin" in summary.replace("`", "")
+
+    ship = subprocess.run([sys.executable, "scripts/ship_default_model.py", str(dest / "model"), "--dest",
+                           str(tmp_path / "shipped")], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+    assert ship.returncode == 0, ship.stderr
+    from odedit.models import load_local
+
+    model = load_local(tmp_path / "shipped")
+    assert model.sample_size == 16
