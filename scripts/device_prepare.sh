@@ -30,7 +30,14 @@ rm -f .whl/*.whl
   --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
   "diffusers==$(ver diffusers)" "importlib_metadata==$(ver importlib_metadata)"
 du -sh device_data .whl
-total=$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- | tail -1 | cut -f1)
+# what travels: tracked and untracked-not-ignored files that exist, plus the carried folders
+tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -c %s 2>/dev/null \
+  | awk '{s += $1} END {print s + 0}')
 extra=$(du -sb device_data .whl | awk '{s += $1} END {print s}')
-echo "travels: $(( (total + extra) / 1048576 )) MiB of 64"
+mib=$(((tree + extra) / 1048576))
+echo "travels: $mib MiB of 64 (tree $((tree / 1048576)) MiB, carried $((extra / 1048576)) MiB)"
+if [ "$mib" -ge 62 ]; then
+  echo "too close to the 64 MiB limit: carry less (e.g. a smaller train.zip) or ignore large files" >&2
+  exit 1
+fi
 echo 'device run: carry ["device_data", ".whl"], timeout_s 600, command: bash scripts/device_session.sh'

@@ -3,29 +3,52 @@
 #
 #   bash scripts/device_unpack.sh FILES_AT [DEST]      (DEST default runs/device)
 #
-# DEST/model, DEST/log.jsonl, DEST/train_config.json   the trained prior (from prior.tar.part-*)
+# DEST/session.log
 # DEST/quality/{samples.png,quality.json}               sample grid and SWD figures
 # DEST/bench/{summary.md,results.csv,grid.png,bench.json}
-# DEST/session.log
+# DEST/model, DEST/log.jsonl, DEST/train_config.json   the trained prior (from prior.tar.part-*)
+# Each part is unpacked on its own: a missing or truncated one is reported and the others are
+# still unpacked; the exit status is 1 if anything could not be unpacked.
 # Then: python scripts/ship_default_model.py DEST/model   (installs it as the embedded prior)
-set -euo pipefail
+set -uo pipefail
 src="${1:?usage: device_unpack.sh FILES_AT [DEST]}"
 dest="${2:-runs/device}"
 mkdir -p "$dest"
-if compgen -G "$src/prior.tar.part-*" >/dev/null; then
-  cat "$src"/prior.tar.part-* | tar -xf - -C "$dest"
-  echo "prior -> $dest/model"
+status=0
+problem() {
+  echo "device_unpack: $*" >&2
+  status=1
+}
+
+if [ -f "$src/session.log" ]; then
+  cp -f --no-preserve=mode "$src/session.log" "$dest/session.log" || problem "could not copy session.log"
 else
-  echo "no prior.tar.part-* in $src" >&2
+  problem "no session.log in $src"
 fi
 for name in quality bench; do
   if [ -f "$src/$name.tar.gz" ]; then
+    rm -rf "${dest:?}/$name"
     mkdir -p "$dest/$name"
-    tar -xzf "$src/$name.tar.gz" -C "$dest/$name"
-    echo "$name -> $dest/$name"
+    if tar -xzf "$src/$name.tar.gz" -C "$dest/$name"; then
+      echo "$name -> $dest/$name"
+    else
+      problem "$name.tar.gz is damaged"
+    fi
+  else
+    problem "no $name.tar.gz in $src (that phase did not finish)"
   fi
 done
-[ -f "$src/session.log" ] && cp "$src/session.log" "$dest/"
+if compgen -G "$src/prior.tar.part-*" >/dev/null; then
+  rm -rf "${dest:?}/model"
+  # parts are named -00, -01, ... so the glob's order is the archive's order
+  if cat "$src"/prior.tar.part-* | tar -xf - -C "$dest" && [ -d "$dest/model/unet" ]; then
+    echo "prior -> $dest/model"
+  else
+    problem "the prior archive (prior.tar.part-*) is incomplete or damaged"
+  fi
+else
+  problem "no prior.tar.part-* in $src"
+fi
 if [ -f "$dest/quality/quality.json" ]; then
   python3 - "$dest/quality/quality.json" <<'PY'
 import json, sys
@@ -34,3 +57,4 @@ floor = q.get("swd_train_val", {}).get("mean")
 print(f"SWD x1e3 samples-val {q['swd_samples_val']['mean']:.2f}", "" if floor is None else f"train-val (floor) {floor:.2f}")
 PY
 fi
+exit "$status"

@@ -66,23 +66,28 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model, device=device, dtype=resolve_dtype(args.dtype))
     resolution = int(model.sample_size)
     args.output.mkdir(parents=True, exist_ok=True)
+    # the image sets first: a wrong path fails before the expensive sampling
+    val = _images(args.val, args.n, resolution)
+    train = None if args.train is None else _images(args.train, args.n, resolution)
 
-    # 1. Samples: one CPU generator per sample (seed, seed+1, ...), as `odedit sample`.
+    # 1. Samples: one CPU generator per sample (seed, seed+1, ...), as `odedit sample`. The
+    #    grid is written as soon as its samples exist, so a run cut off later still leaves it.
     t0 = time.perf_counter()
     seeds = sample_seeds(args.seed, args.n)
-    chunks = []
+    chunks: list[np.ndarray] = []
+    done = 0
     with torch.no_grad():
         for start in range(0, args.n, args.batch_size):
             x = ddim_sample(model, generators_for(seeds[start : start + args.batch_size], "cpu"), steps=args.steps)
             chunks.append(to_uint8(x))
+            before, done = done, done + len(chunks[-1])
+            if before < min(args.grid, args.n) <= done:
+                grid = np.concatenate(chunks)[: args.grid]
+                save_png_atomic(args.output / "samples.png", make_grid(grid, default_ncols(len(grid))))
     samples = np.concatenate(chunks)
     sample_seconds = time.perf_counter() - t0
-    if args.grid:
-        grid = samples[: args.grid]
-        save_png_atomic(args.output / "samples.png", make_grid(grid, default_ncols(len(grid))))
 
     # 2. SWD of samples vs val, and train vs val (floor), with the same seed.
-    val = _images(args.val, args.n, resolution)
     t1 = time.perf_counter()
     result = dict(
         model=model_identity(args.model),
@@ -96,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         sample_seconds=round(sample_seconds, 1),
         swd_samples_val=swd(samples, val, np.random.default_rng(args.seed)),
     )
-    if args.train is not None:
-        train = _images(args.train, args.n, resolution)
+    if train is not None:
         result["swd_train_val"] = swd(train, val, np.random.default_rng(args.seed))
     result["swd_seconds"] = round(time.perf_counter() - t1, 1)
     tmp = args.output / "quality.json.tmp"
