@@ -25,15 +25,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from odedit.data import load_dataset
 from odedit.devices import resolve_device, resolve_dtype
 from odedit.imageio import make_grid, save_png_atomic
 from odedit.metrics import swd
 from odedit.models import load_model, model_identity
-from odedit.rng import generators_for
-from odedit.sampling import ddim_sample, default_ncols, sample_seeds, to_uint8
+from odedit.sampling import default_ncols, sample_chunks, sample_seeds
 
 
 def _images(path: Path, n: int, resolution: int) -> np.ndarray:
@@ -75,15 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     seeds = sample_seeds(args.seed, args.n)
     chunks: list[np.ndarray] = []
-    done = 0
-    with torch.no_grad():
-        for start in range(0, args.n, args.batch_size):
-            x = ddim_sample(model, generators_for(seeds[start : start + args.batch_size], "cpu"), steps=args.steps)
-            chunks.append(to_uint8(x))
-            before, done = done, done + len(chunks[-1])
-            if before < min(args.grid, args.n) <= done:
-                grid = np.concatenate(chunks)[: args.grid]
-                save_png_atomic(args.output / "samples.png", make_grid(grid, default_ncols(len(grid))))
+    for chunk in sample_chunks(model, seeds, args.steps, args.batch_size):
+        before = sum(len(c) for c in chunks)
+        chunks.append(chunk)
+        if before < min(args.grid, args.n) <= before + len(chunk):
+            grid = np.concatenate(chunks)[: args.grid]
+            save_png_atomic(args.output / "samples.png", make_grid(grid, default_ncols(len(grid))))
     samples = np.concatenate(chunks)
     sample_seconds = time.perf_counter() - t0
 

@@ -127,3 +127,16 @@ def test_device_session_deadline_stops_training_and_keeps_the_model(tmp_path):
     assert (dest / "model" / "unet").is_dir(), un.stderr
     info = json.loads((dest / "train_config.json").read_text())
     assert info  # the run's resolved configuration came back with the weights
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-CUDA refusal")
+def test_device_session_refuses_to_train_on_the_cpu_by_mistake(tmp_path):
+    out = tmp_path / "OUT"
+    out.mkdir()
+    env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, SKIP_WHEELS="1", DEVICE="cuda",
+               DATA=str(tmp_path / "nothing"))
+    run = subprocess.run(["bash", "scripts/device_session.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    log = (out / "session.log").read_text()
+    assert run.returncode == 1 and "no CUDA device" in log and "preflight" in log, log
+    assert "phase 1" not in log

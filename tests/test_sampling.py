@@ -9,7 +9,7 @@ from PIL import Image
 
 from odedit.models import default_model_available, load_model
 from odedit.rng import generators_for
-from odedit.sampling import ddim_sample, grid_image
+from odedit.sampling import ddim_sample, grid_image, sample_chunks, to_uint8
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -33,6 +33,16 @@ def test_samples_depend_only_on_their_seed(tiny_model):
     ddim_sample(model, generators_for([0, 1], "cpu"), steps=3, callback=calls.append)
     assert calls == [2, 2, 2]
     assert grid_image(all_at_once, ncols=3).shape == (16 + 4, 3 * 18 + 2, 3)
+
+
+def test_sample_chunks_are_the_seeds_samples_in_batches(tiny_model):
+    model = load_model(tiny_model)
+    chunks = list(sample_chunks(model, [0, 1, 2], steps=3, batch_size=2))
+    assert [c.shape for c in chunks] == [(2, 16, 16, 3), (1, 16, 16, 3)] and chunks[0].dtype == np.uint8
+    whole = to_uint8(ddim_sample(model, generators_for([0, 1, 2], "cpu"), steps=3))
+    assert np.abs(np.concatenate(chunks).astype(int) - whole).max() <= 1  # rounding of batched convs
+    with pytest.raises(ValueError, match="batch_size"):
+        next(sample_chunks(model, [0], batch_size=0))
 
 
 def cli(argv):

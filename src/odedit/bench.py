@@ -1085,18 +1085,20 @@ def aggregate(
     swd_vals: dict[str, dict] = {}
     floor: dict[str, Optional[float]] = {}
 
-    ref_desc_holder: list = []
+    ref_digest = _swd_digest(ref, seed)
+    ref_desc = None  # the reference's descriptors, made only when some set is not cached
 
     def swd_of(name: str, images: np.ndarray) -> dict:
         """SWD of one set against the reference, cached by content: a rerun that adds methods
         (or only rewrites the tables) computes the SWD of the new sets only."""
-        cache = lay.out / "records" / SWD_CACHE_DIR / f"{_swd_cache_key(images, ref, seed)}.json"
+        nonlocal ref_desc
+        cache = lay.out / "records" / SWD_CACHE_DIR / f"{_swd_digest(images, seed, ref_digest)}.json"
         if cache.is_file():
             return _read_json(cache)["swd"]
-        if not ref_desc_holder:
-            ref_desc_holder.append(M.laplacian_descriptors(ref, np.random.default_rng((seed, 1)), **_desc_kw()))
+        if ref_desc is None:
+            ref_desc = M.laplacian_descriptors(ref, np.random.default_rng((seed, 1)), **_desc_kw())
         desc = M.laplacian_descriptors(images, np.random.default_rng((seed, 2)), **_desc_kw())
-        value = M.swd_from_descriptors(desc, ref_desc_holder[0], np.random.default_rng((seed, 3)),
+        value = M.swd_from_descriptors(desc, ref_desc, np.random.default_rng((seed, 3)),
                                        dirs=SWD_SETTINGS["dirs"], repeats=SWD_SETTINGS["repeats"])
         cache.parent.mkdir(parents=True, exist_ok=True)
         _write_json(cache, {"set": name, "swd": value})
@@ -1213,13 +1215,13 @@ def _label_rows(grid: np.ndarray, labels: list[str], tile: int, pad: int = 2) ->
     return np.concatenate([np.asarray(strip, dtype=np.uint8), grid], axis=1)
 
 
-def _swd_cache_key(images: np.ndarray, ref: np.ndarray, seed: int) -> str:
-    """Hash of everything an SWD value depends on: both image sets' bytes, seed, settings."""
-    h = hashlib.sha256(json.dumps({"v": SWD_CACHE_VERSION, "seed": seed, "swd": SWD_SETTINGS},
+def _swd_digest(images: np.ndarray, seed: int, ref_digest: str = "") -> str:
+    """Hash of what an SWD value depends on: the set's bytes, the seed, the SWD settings and
+    (``ref_digest``, this function's value for the reference set) the reference."""
+    h = hashlib.sha256(json.dumps({"v": SWD_CACHE_VERSION, "seed": seed, "swd": SWD_SETTINGS, "ref": ref_digest},
                                   sort_keys=True).encode())
-    for arr in (images, ref):
-        h.update(repr((arr.shape, str(arr.dtype))).encode())
-        h.update(np.ascontiguousarray(arr).tobytes())
+    h.update(repr((images.shape, str(images.dtype))).encode())
+    h.update(np.ascontiguousarray(images).tobytes())
     return h.hexdigest()[:40]
 
 

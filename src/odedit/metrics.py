@@ -458,7 +458,7 @@ def _parallel_map(fn, items: list, workers: Optional[int]) -> list:
 
 def sliced_wasserstein(
     a: np.ndarray, b: np.ndarray, rng: RngLike, *, dirs: int = 128, repeats: int = 4,
-    workers: Optional[int] = 1,
+    workers: Optional[int] = None,
 ) -> float:
     """Sliced Wasserstein-1 distance between point sets ``a`` (Ma, D) and ``b`` (Mb, D).
 
@@ -503,16 +503,14 @@ def swd_from_descriptors(
     rng = _as_rng(rng)
     if desc_a.resolutions != desc_b.resolutions:
         raise ValueError(f"pyramid levels differ: {desc_a.resolutions} vs {desc_b.resolutions}")
-    tasks, owner = [], []
-    for i, (da, db) in enumerate(zip(desc_a.levels, desc_b.levels)):
+    tasks = []  # level-major: repeats consecutive rounds per level
+    for da, db in zip(desc_a.levels, desc_b.levels):
         fa, fb = _finalize(da), _finalize(db)
         if fa.shape[1] != fb.shape[1]:
             raise ValueError(f"descriptor sizes differ: {fa.shape[1]} vs {fb.shape[1]}")
-        for _ in range(repeats):
-            tasks.append((fa, fb, _directions(rng, fa.shape[1], dirs)))
-            owner.append(i)
-    w1 = _parallel_map(_w1_projected, tasks, workers)
-    levels = [1e3 * float(np.mean([v for v, o in zip(w1, owner) if o == i])) for i in range(len(desc_a.levels))]
+        tasks += [(fa, fb, _directions(rng, fa.shape[1], dirs)) for _ in range(repeats)]
+    w1 = np.asarray(_parallel_map(_w1_projected, tasks, workers)).reshape(len(desc_a.levels), repeats)
+    levels = [1e3 * float(v) for v in w1.mean(axis=1)]
     return {"levels": levels, "resolutions": list(desc_a.resolutions), "mean": float(np.mean(levels))}
 
 

@@ -8,7 +8,7 @@ depends only on its seed, not on the batch size or the other images in the batch
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from odedit.ode import X0Transform, decode
 from odedit.rng import generators_for, randn_per_image
 from odedit.schedule import timestep_grid
 
-__all__ = ["ddim_sample", "sample_grid", "sample_seeds", "to_uint8", "grid_image", "default_ncols"]
+__all__ = ["ddim_sample", "sample_chunks", "sample_grid", "sample_seeds", "to_uint8", "grid_image", "default_ncols"]
 
 
 def _model_device(model: EpsModel, fallback: torch.device) -> torch.device:
@@ -83,6 +83,23 @@ def ddim_sample(
         x = decode(model, x, grid, x0_transform=x0_transform, callback=step_cb)
         out.append(x.float().clamp_(-1.0, 1.0))
     return torch.cat(out)
+
+
+def sample_chunks(
+    model: EpsModel,
+    seeds: Sequence[int],
+    steps: int = 100,
+    batch_size: int = 16,
+    callback: Optional[Callable[[int], None]] = None,
+) -> Iterator[np.ndarray]:
+    """DDIM samples of ``seeds`` (one CPU generator each, as ``odedit sample``), ``batch_size``
+    at a time; each chunk is yielded as uint8 (B, H, W, 3) on the host, so memory stays
+    bounded by the batch. ``callback`` as in :func:`ddim_sample`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, len(seeds), batch_size):
+        part = seeds[start : start + batch_size]
+        yield to_uint8(ddim_sample(model, generators_for(part, "cpu"), steps=steps, callback=callback))
 
 
 def sample_seeds(seed: int, n: int) -> list[int]:

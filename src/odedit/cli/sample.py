@@ -51,8 +51,7 @@ def run(args) -> int:
     from odedit.cli.common import prepare_outdir
     from odedit.imageio import make_grid, save_png_atomic
     from odedit.models import ModelLoadError, load_model
-    from odedit.rng import generators_for
-    from odedit.sampling import ddim_sample, default_ncols, sample_seeds, to_uint8
+    from odedit.sampling import default_ncols, sample_chunks, sample_seeds
 
     output = Path(args.output)
     if output.suffix.lower() != ".png":
@@ -74,12 +73,7 @@ def run(args) -> int:
     with tqdm(
         total=args.num * args.steps, unit="img-step", desc="sampling", disable=args.quiet, file=sys.stderr
     ) as bar:
-        chunks = []
-        for start in range(0, args.num, args.batch_size):
-            part = seeds[start : start + args.batch_size]
-            x = ddim_sample(model, generators_for(part, "cpu"), steps=args.steps, callback=bar.update)
-            chunks.append(to_uint8(x))  # to host per chunk: memory stays bounded by the batch
-    images = np.concatenate(chunks)
+        images = np.concatenate(list(sample_chunks(model, seeds, args.steps, args.batch_size, bar.update)))
     grid = make_grid(images, args.ncols or default_ncols(len(images)))
     save_png_atomic(output, grid)
     if args.individual is not None:
