@@ -288,3 +288,41 @@ def test_cli_trains_and_reports_data_errors(blobs, tmp_path, capsys):
     assert saved["config"]["batch_size"] == 4 and saved["config"]["sample_every"] == 2
     assert saved["config"]["lr"] == 1e-3 and saved["config"]["steps"] == 5
     assert saved["resolved"]["start_step"] == 3
+
+
+# ---- short-run settings: min-SNR weighting, EMA warm-up ----------------------------------------
+
+
+def test_min_snr_weights_follow_the_formula():
+    from odedit.schedule import NoiseSchedule
+    from odedit.training import min_snr_weights, weighted_eps_loss
+
+    sched = NoiseSchedule.linear()
+    w = min_snr_weights(sched, 5.0)
+    ab = sched.alpha_bar
+    snr = ab / (1 - ab)
+    assert w.shape == (1000,) and w.dtype == torch.float32
+    torch.testing.assert_close(w.double(), torch.where(snr > 5, 5 / snr, torch.ones_like(snr)), rtol=1e-6, atol=0)
+    assert w[0] < 0.01 and w[-1] == 1.0
+    # weighted loss: per-sample MSE times w[t]; None = plain MSE
+    pred, noise = torch.randn(3, 3, 4, 4), torch.randn(3, 3, 4, 4)
+    t = torch.tensor([0, 500, 999])
+    per = (pred - noise).square().flatten(1).mean(1)
+    torch.testing.assert_close(weighted_eps_loss(pred, noise, t, w), (w[t] * per).mean())
+    torch.testing.assert_close(weighted_eps_loss(pred, noise, t, None), per.mean())
+
+
+def test_ema_power_and_min_snr_train_and_are_recorded(blobs, tmp_path):
+    from diffusers.training_utils import EMAModel
+
+    r = train(config(blobs, tmp_path / "e", steps=3, ema_power=2 / 3, min_snr_gamma=5.0), log=quiet)
+    assert r.step == 3 and np.isfinite(r.records[-1]["loss"])
+    info = json.loads((tmp_path / "e" / "model" / "odedit_train.json").read_text())
+    assert info["ema_power"] == 2 / 3 and info["min_snr_gamma"] == 5.0
+    # the warm-up decay diffusers applies at that setting: 1 - (1 + n)^-p
+    ema = EMAModel([torch.nn.Parameter(torch.zeros(1))], decay=0.9999, use_ema_warmup=True, power=2 / 3)
+    assert abs(ema.get_decay(1000) - (1 - (1 + 999) ** (-2 / 3))) < 1e-12
+    with pytest.raises(TrainError, match="power"):
+        config(blobs, tmp_path / "x", steps=1, ema_power=1.5).validate()
+    with pytest.raises(TrainError, match="gamma"):
+        config(blobs, tmp_path / "x", steps=1, min_snr_gamma=0.0).validate()

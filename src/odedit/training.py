@@ -57,7 +57,7 @@ __all__ = [
     "LR_SCHEDULES",
 ]
 
-MIXED_PRECISION = ("no", "bf16", "fp16")
+MIXED_PRECISION = ("no", "bf16", "fp16", "auto")  # auto: odedit.devices.auto_mixed_precision
 LR_SCHEDULES = ("constant", "cosine", "linear")
 CHECKPOINTS = "checkpoints"
 TRAIN_CONFIG = "train_config.json"
@@ -101,6 +101,13 @@ class TrainConfig:
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0
     ema_decay: float = 0.9999
+    # None: diffusers' default warm-up min(decay, (1+n)/(10+n)); a value p: the EMA warm-up
+    # 1 - (1+n)^-p (use_ema_warmup; Karras et al.), which suits short runs (p = 2/3: the EMA
+    # averages over ~n^(2/3) recent steps, ~300 at n = 5,000).
+    ema_power: Optional[float] = None
+    # None: the "simple" loss (uniform over t). A value g: min-SNR-g weighting (Hang et al.
+    # 2023) of the eps loss, w(t) = min(SNR(t), g) / SNR(t).
+    min_snr_gamma: Optional[float] = None
     mixed_precision: str = "no"
     tf32: bool = True  # CUDA only: TF32 matmuls/convs in fp32 training (Ampere and newer)
     compile: bool = False
@@ -139,6 +146,10 @@ class TrainConfig:
             raise TrainError(f"--lr-schedule {self.lr_schedule} decays to 0 at --steps: pass --steps")
         if not 0.0 <= self.ema_decay <= 1.0:
             raise TrainError(f"EMA decay must be in [0, 1], got {self.ema_decay}")
+        if self.ema_power is not None and not 0.0 < self.ema_power <= 1.0:
+            raise TrainError(f"EMA warm-up power must be in (0, 1], got {self.ema_power}")
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0.0:
+            raise TrainError(f"min-SNR gamma must be > 0, got {self.min_snr_gamma}")
         for name in ("batch_size", "grad_accum", "sample_steps", "num_samples", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise TrainError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -199,6 +210,25 @@ def lr_at(step: int, lr: float, warmup_steps: int, schedule: str = "constant", t
         progress = min(1.0, max(0.0, (step - warmup_steps) / span))
         scale *= 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
     return lr * scale
+
+
+def min_snr_weights(schedule: NoiseSchedule, gamma: float) -> torch.Tensor:
+    """min-SNR-gamma loss weights of the eps objective (Hang et al. 2023, eq. for eps-prediction).
+
+    SNR(t) = alpha_bar / (1 - alpha_bar); w(t) = min(SNR(t), gamma) / SNR(t), shape (T,),
+    float32, in (0, 1]: the low-noise steps (SNR > gamma) are weighted down.
+    """
+    ab = schedule.alpha_bar
+    snr = ab / (1.0 - ab)
+    return (snr.clamp(max=float(gamma)) / snr).float()
+
+
+def weighted_eps_loss(pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, weights: Optional[torch.Tensor]):
+    """Mean squared eps error, per-sample weighted by ``weights[t]`` (None: plain MSE)."""
+    if weights is None:
+        return F.mse_loss(pred.float(), noise)
+    per_sample = (pred.float() - noise).square().flatten(1).mean(1)
+    return (weights[t] * per_sample).mean()
 
 
 def _noise_tables(schedule: NoiseSchedule, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -385,6 +415,7 @@ def _train(cfg: TrainConfig, log: Optional[Callable[[str], None]]) -> TrainResul
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
+    from odedit.devices import auto_mixed_precision, cpu_has_fast_bf16
     from odedit.imageio import save_png_atomic
     from odedit.models import UNetEps
     from odedit.sampling import ddim_sample, grid_image
@@ -393,17 +424,26 @@ def _train(cfg: TrainConfig, log: Optional[Callable[[str], None]]) -> TrainResul
     t_begin = time.monotonic()
     cfg.validate()
     out = Path(cfg.out).expanduser()
+    on_cpu = cfg.cpu or not torch.cuda.is_available()
+    mixed_precision = auto_mixed_precision(on_cpu) if cfg.mixed_precision == "auto" else cfg.mixed_precision
     try:
         accelerator = Accelerator(
-            mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=cfg.cpu
+            mixed_precision=mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=cfg.cpu
         )
     except (ValueError, RuntimeError) as err:
-        raise TrainError(f"cannot set up accelerate with --mixed-precision {cfg.mixed_precision}: {err}") from None
+        raise TrainError(f"cannot set up accelerate with --mixed-precision {mixed_precision}: {err}") from None
     if device_is_cuda(accelerator.device):
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv kernels once
     main = accelerator.is_main_process
+    if main and mixed_precision == "bf16" and accelerator.device.type == "cpu" and not cpu_has_fast_bf16():
+        print(
+            "warning: this CPU has no bf16 hardware (AMX-BF16/AVX512-BF16); bf16 autocast is emulated and "
+            "far slower than fp32 here (use --mixed-precision auto or no)",
+            file=sys.stderr,
+            flush=True,
+        )
     rank, world = accelerator.process_index, accelerator.num_processes
     device = accelerator.device
     bar_holder: list = []
@@ -498,7 +538,12 @@ def _train(cfg: TrainConfig, log: Optional[Callable[[str], None]]) -> TrainResul
     )
     model, optimizer = accelerator.prepare(unet, optimizer)
     raw = accelerator.unwrap_model(model)
-    ema = EMAModel(raw.parameters(), decay=cfg.ema_decay, foreach=True)
+    if cfg.ema_power is None:
+        ema = EMAModel(raw.parameters(), decay=cfg.ema_decay, foreach=True)
+    else:
+        ema = EMAModel(
+            raw.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=cfg.ema_power, foreach=True
+        )
     state = _TrainerState()
     accelerator.register_for_checkpointing(ema, state)
     if ckpt is not None:
@@ -508,6 +553,7 @@ def _train(cfg: TrainConfig, log: Optional[Callable[[str], None]]) -> TrainResul
         say(f"resumed {ckpt} at step {state.step} ({state.images_seen} images seen)")
     start_step = state.step
     tables = _noise_tables(schedule, device)
+    loss_weights = None if cfg.min_snr_gamma is None else min_snr_weights(schedule, cfg.min_snr_gamma).to(device)
     gen = torch.Generator(device=device)
     B, A = cfg.batch_size, cfg.grad_accum
     global_batch = B * A * world
@@ -517,6 +563,7 @@ def _train(cfg: TrainConfig, log: Optional[Callable[[str], None]]) -> TrainResul
     resolved = dict(
         config=config_name,
         resolution=resolution,
+        mixed_precision=mixed_precision,
         unet_config=dict(raw.config),
         scheduler_config=scheduler_config,
         parameters=n_params,
@@ -542,7 +589,7 @@ def _train(cfg: TrainConfig, log: Optional[Callable[[str], None]]) -> TrainResul
     say(
         f"model {config_name} ({n_params / 1e6:.2f} M parameters) at {resolution}px on {device} x{world}, "
         f"batch {B} x accum {A} x {world} process(es) = {global_batch} images per step, "
-        f"mixed precision {cfg.mixed_precision}"
+        f"mixed precision {mixed_precision}"
     )
 
     ema_unet = None  # the EMA weights as a network, for samples and export (main only)
@@ -568,6 +615,8 @@ def _train(cfg: TrainConfig, log: Optional[Callable[[str], None]]) -> TrainResul
             config=config_name,
             resolution=resolution,
             ema_decay=cfg.ema_decay,
+            ema_power=cfg.ema_power,
+            min_snr_gamma=cfg.min_snr_gamma,
             weights="ema",
             data=str(data_path),
             train_seconds=round(state.train_seconds, 1),
@@ -703,7 +752,7 @@ def _train(cfg: TrainConfig, log: Optional[Callable[[str], None]]) -> TrainResul
                 t = torch.randint(0, T, (B,), generator=gen, device=device)
                 with accelerator.accumulate(model):
                     pred = model(_noisy(x0, t, noise, tables), t, return_dict=False)[0]
-                    loss = F.mse_loss(pred.float(), noise)
+                    loss = weighted_eps_loss(pred, noise, t, loss_weights)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)

@@ -23,6 +23,15 @@ UNET_CONFIGS: dict[str, dict] = {
         norm_num_groups=8,
         attention_head_dim=8,
     ),
+    # The CPU-sized prior (issue 11): half the channels of celeba64, 10.1 M parameters,
+    # ~21 images/s training in bf16 autocast on 2 AMX cores vs 7-9 for celeba64.
+    "cpu64": dict(
+        block_out_channels=(32, 64, 128, 256),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        norm_num_groups=32,
+    ),
     "celeba64": dict(
         block_out_channels=(64, 128, 256, 256),
         layers_per_block=1,

@@ -102,15 +102,17 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype",
         default="float32",
-        choices=("float32", "bfloat16", "float16"),
-        help="model compute dtype (default: float32); schedule maths stay float64",
+        choices=("float32", "bfloat16", "float16", "auto"),
+        help="model compute dtype (default: float32; auto = bfloat16 on a CPU with bf16 hardware, "
+        "AMX-BF16/AVX512-BF16, else float32); schedule maths stay float64",
     )
 
 
-def torch_dtype(name: str):
-    from odedit.devices import resolve_dtype
+def torch_dtype(name: str, device=None):
+    """The torch dtype of a ``--dtype`` name; ``auto`` needs the resolved device."""
+    from odedit.devices import resolve_dtype_for
 
-    return resolve_dtype(name)
+    return resolve_dtype_for(name, device if device is not None else "cpu")
 
 
 def prepare_outdir(path: Path) -> Path:

@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"outputs exist: {', '.join(existing[:3])}{more}; pass --overwrite to replace them")
 
     device = resolve_device(args.device)
-    dtype = torch_dtype(args.dtype)
+    dtype = torch_dtype(args.dtype, device)
     try:
         model = load_model(args.model, device=device, dtype=dtype)
     except ModelLoadError as err:
@@ -176,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
         "model": model_identity(args.model),
         "image_size": size,
         "device": str(device),
-        "dtype": args.dtype,
+        "dtype": str(dtype).removeprefix("torch."),
+        "dtype_requested": args.dtype,
         "base_seed": args.seed,
         "fit": args.fit,
         "keep_size": args.keep_size,

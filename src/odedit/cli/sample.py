@@ -64,7 +64,7 @@ def run(args) -> int:
         prepare_outdir(args.individual)
     device = resolve_device(args.device)
     try:
-        model = load_model(args.model, device=device, dtype=torch_dtype(args.dtype))
+        model = load_model(args.model, device=device, dtype=torch_dtype(args.dtype, device))
     except ModelLoadError as err:
         raise CLIError(str(err)) from None
 

@@ -45,9 +45,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--out", required=True, type=Path, metavar="DIR", help="run folder (created)")
     g.add_argument(
         "--config",
-        choices=("tiny", "celeba64"),
+        choices=("tiny", "cpu64", "celeba64"),
         default=None,
-        help="UNet size: celeba64 (17.3 M parameters, default) or tiny (tests)",
+        help="UNet size: celeba64 (17.3 M parameters, default), cpu64 (10.1 M, sized for CPU training) or tiny (tests)",
     )
     g.add_argument("--resolution", type=ranged(int, 8, 1024), default=None, help="image side (default 64)")
     g.add_argument(
@@ -91,7 +91,27 @@ def add_parser(subparsers) -> None:
         default=None,
         help="EMA decay cap; warm-up min(decay, (1+n)/(10+n)) (default 0.9999)",
     )
-    g.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None, help="default: no (fp32)")
+    g.add_argument(
+        "--ema-power",
+        type=ranged(float, 0.0, 1.0, lo_open=True),
+        default=None,
+        metavar="P",
+        help="EMA warm-up 1-(1+n)^-P instead of (1+n)/(10+n), e.g. 0.6667 for short runs",
+    )
+    g.add_argument(
+        "--min-snr-gamma",
+        type=ranged(float, 0.0, lo_open=True),
+        default=None,
+        metavar="G",
+        help="min-SNR-G loss weighting (Hang et al. 2023), e.g. 5; default: uniform (DDPM simple loss)",
+    )
+    g.add_argument(
+        "--mixed-precision",
+        choices=("auto", "no", "bf16", "fp16"),
+        default=None,
+        help="default auto: bf16 autocast on CPUs with bf16 hardware (AMX/AVX512-BF16) and bf16-capable GPUs, "
+        "else fp32 (bf16 is emulated and far slower on other CPUs)",
+    )
     g.add_argument(
         "--no-tf32", dest="tf32", action="store_const", const=False, default=None,
         help="CUDA fp32: no TF32 matmuls/convolutions (TF32 is on by default)",
@@ -130,7 +150,8 @@ def add_parser(subparsers) -> None:
 # Settings a resumed run takes from its train_config.json unless given again on the command line.
 INHERITED = (
     "data", "config", "resolution", "fit", "flip", "workers", "steps", "minutes", "batch_size", "grad_accum",
-    "lr", "warmup_steps", "lr_schedule", "weight_decay", "max_grad_norm", "ema_decay", "mixed_precision", "tf32",
+    "lr", "warmup_steps", "lr_schedule", "weight_decay", "max_grad_norm", "ema_decay", "ema_power",
+    "min_snr_gamma", "mixed_precision", "tf32",
     "compile", "seed", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "export_fp16",
     "export_raw", "sample_every", "sample_steps", "num_samples", "log_every",
 )  # fmt: skip
@@ -171,7 +192,7 @@ def run(args) -> int:
             resume_from_weights=args.resume_from_weights,
             cpu=args.cpu,
             progress=not args.quiet,
-            **resolve_settings(args),
+            **{"mixed_precision": "auto", **resolve_settings(args)},
         )
     except TypeError as err:  # pragma: no cover - a saved config from another version
         raise CLIError(f"incompatible saved settings: {err}") from None
