@@ -635,3 +635,33 @@ def test_sdedit_call_budget_beyond_t0_is_refused():
         SDEditConfig(strength=0.5, calls=492).timesteps(T)
     with pytest.raises(ValueError, match="calls"):
         SDEditConfig(calls=0)
+
+
+# ====================================================================== solvers inside ODEdit
+
+
+@pytest.mark.parametrize("solver", ["ddim", "dpm++2m"])
+def test_odedit_nfe_and_segments_with_each_solver(gaussian_prior, solver):
+    cfg = ODEditConfig(steps=10, levels=(0, 2, 5, 8), langevin_steps=3, solver=solver)
+    m = Counted(gaussian_prior)
+    odedit(m, torch.zeros((2, 3, 16, 16)), cfg, _gens(0, 2))
+    assert m.calls == cfg.nfe == 2 * 10 + 3 * 4
+    # decoding visits every level once, Langevin blocks at their levels, in descending order
+    grid = timestep_grid(T, 10)
+    assert m.timesteps[10:14] == [grid[9], grid[8], grid[8], grid[8]]
+
+
+def test_odedit_with_dpm_solver_without_langevin_is_its_round_trip(gaussian_prior):
+    from odedit.solvers import dpmpp_2m_path
+
+    x = _prior_images(gaussian_prior, 2, 1)
+    grid = timestep_grid(T, 10)
+    cfg = ODEditConfig(steps=10, levels=(0, 5), langevin_steps=0, solver="dpm++2m")
+    ref = dpmpp_2m_path(gaussian_prior, dpmpp_2m_path(gaussian_prior, x, [-1, *grid]), [*grid[::-1], -1])
+    out = odedit(gaussian_prior, x, cfg, _gens(0, 2))
+    assert torch.equal(out, ref)
+    err = {s: float((odedit(gaussian_prior, x, ODEditConfig(steps=10, levels=(0,), langevin_steps=0, solver=s),
+                            _gens(0, 2)) - x).norm() / x.norm()) for s in ("ddim", "dpm++2m")}
+    assert err["dpm++2m"] < err["ddim"] / 2, err
+    with pytest.raises(ValueError, match="solver"):
+        ODEditConfig(solver="euler")

@@ -397,7 +397,8 @@ def odedit_method_name(preset: str, cfg: ODEditConfig) -> str:
     Suffixes (in this order): ``steps<N>`` (grid size != 100), ``top<L>`` (inversion
     level), ``lv<a-b-..>`` (Langevin levels != the paper's levels scaled to the grid),
     ``k<K>`` (updates per level != preset total / number of levels), ``eps<e>``,
-    ``T<t>``, ``clip`` (x0 clipping in inversion), ``thr<p>`` (decode thresholding).
+    ``T<t>``, ``clip`` (x0 clipping in inversion), ``thr<p>`` (decode thresholding),
+    ``dpmpp2m`` (solver).
     Without Langevin (K = 0) the name is ``odedit-nolangevin`` (+ the grid suffixes).
     """
     ref = ODEditConfig.from_preset(preset, steps=cfg.steps)
@@ -423,6 +424,8 @@ def odedit_method_name(preset: str, cfg: ODEditConfig) -> str:
         parts.append("clip")
     if cfg.decode_threshold:
         parts.append(f"thr{_g(cfg.decode_threshold)}")
+    if cfg.solver != "ddim":
+        parts.append(cfg.solver.replace("+", "p"))  # dpm++2m -> dpmpp2m (file-name safe)
     return "-".join(parts)
 
 

@@ -19,9 +19,10 @@ import torch
 
 from odedit.langevin import langevin, langevin_step_size
 from odedit.models import EpsModel, load_model
-from odedit.ode import clip_x0, ddim_path, dynamic_threshold
+from odedit.ode import clip_x0, dynamic_threshold
 from odedit.rng import generators_for, randn_per_image
 from odedit.schedule import timestep_grid
+from odedit.solvers import SOLVERS, solver_path
 from odedit.sde import forward_noise, stochastic_step
 
 # Total Langevin updates of the presets (paper section 4.1: 100 light, 200 medium, 300 heavy).
@@ -49,6 +50,8 @@ class ODEditConfig:
         invert_to: grid level the inversion reaches (default: the top, steps - 1).
         clip_inversion_x0: clip the predicted x0 to [-1, 1] inside inversion steps (official code).
         decode_threshold: dynamic-thresholding percentile for decoding (e.g. 0.995), or None.
+        solver: ODE solver of inversion and decoding: ``ddim`` (eq. 8, the paper's) or
+            ``dpm++2m`` (DPM-Solver++(2M), :mod:`odedit.solvers`; same model calls per step).
     """
 
     steps: int = PAPER_STEPS
@@ -59,8 +62,11 @@ class ODEditConfig:
     invert_to: Optional[int] = None
     clip_inversion_x0: bool = False
     decode_threshold: Optional[float] = None
+    solver: str = "ddim"
 
     def __post_init__(self) -> None:
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
         top = self.top_level
@@ -198,18 +204,25 @@ def odedit(
     inv_transform = clip_x0 if config.clip_inversion_x0 else None
     dec_transform = dynamic_threshold(config.decode_threshold) if config.decode_threshold else None
 
-    # 1. x_{N,0} = ODE_SOLVER_forward(x0): eq. 8 from the image up to the top level.
-    x = ddim_path(model, x0, [-1, *grid[: top + 1]], inv_transform, callback)
-    # 2. for t = N .. 1 (grid levels top .. 0):
-    for level in range(top, -1, -1):
+    # 1. x_{N,0} = ODE_SOLVER_forward(x0): eq. 8 (or DPM-Solver++) from the image up to the top level.
+    x = solver_path(config.solver, model, x0, [-1, *grid[: top + 1]], inv_transform, callback)
+    # 2. for t = N .. 1 (grid levels top .. 0), in segments that end at a Langevin level:
+    lv_active = sorted((lv for lv in levels if config.langevin_steps > 0), reverse=True)
+    level = top
+    while level >= 0:
         t = grid[level]
-        if level in levels and config.langevin_steps > 0:
+        if level in lv_active:
             # 3. a_t = eps * sigma_t / sigma_1;  4-5. K Langevin updates with score -eps/sigma_t (eq. 9).
             a_t = langevin_step_size(config.step_size, schedule.sigma_at(t), sigma_1)
             x = langevin(model, x, t, config.langevin_steps, a_t, config.temperature, generators, callback)
-        # 6. x_{t-1} = ODE_SOLVER_backward(x_{t,K}): one eq. 8 step down (to the image after level 0).
-        t_next = grid[level - 1] if level > 0 else -1
-        x = ddim_path(model, x, [t, t_next], dec_transform, callback)
+        # 6. x_{t-1} = ODE_SOLVER_backward(x_{t,K}): down to the next Langevin level (or the image).
+        #    One solver call per segment: a multistep solver restarts after each Langevin block,
+        #    whose moves make its history stale. For DDIM this is step-by-step eq. 8 as before.
+        below = [lv for lv in lv_active if lv < level]
+        stop = below[0] if below else -1
+        path = [grid[i] for i in range(level, max(stop, 0) - 1, -1)] + ([-1] if stop == -1 else [])
+        x = solver_path(config.solver, model, x, path, dec_transform, callback)
+        level = stop if stop >= 0 else -1
     return x
 
 

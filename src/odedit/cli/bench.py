@@ -171,6 +171,7 @@ def build_methods_from_args(args: argparse.Namespace):
         "invert_to": args.invert_to,
         "clip_inversion_x0": args.clip_inversion or None,
         "decode_threshold": args.decode_threshold,
+        "solver": args.solver,
     }
     if args.levels is not None and not args.levels:
         raise CLIError("--levels is empty")

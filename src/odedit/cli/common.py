@@ -95,6 +95,13 @@ def add_odedit_override_args(group) -> None:
         metavar="P",
         help="dynamic thresholding of predicted x0 at percentile P while decoding (e.g. 0.995)",
     )
+    group.add_argument(
+        "--solver",
+        choices=("ddim", "dpm++2m"),
+        default=None,
+        help="ODE solver of inversion and decoding: ddim (eq. 8, the paper's; default) or dpm++2m "
+        "(DPM-Solver++(2M), second order, same model calls per step)",
+    )
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:

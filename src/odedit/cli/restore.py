@@ -97,6 +97,7 @@ def build_config(args: argparse.Namespace):
             invert_to=args.invert_to,
             clip_inversion_x0=args.clip_inversion or None,
             decode_threshold=args.decode_threshold,
+            solver=args.solver,
         )
     return SDEditConfig(steps=args.steps or 100, strength=args.strength, eta=args.eta)
 
