@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=2000, help="samples and images per set (default 2000)")
     ap.add_argument("--steps", type=int, default=100, help="DDIM steps per sample (default 100)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the first sample and of the SWD (default 0)")
+    ap.add_argument("--solver", default="ddim", choices=("ddim", "dpm++2m"), help="ODE solver (default ddim)")
     ap.add_argument("--grid", type=int, default=64, help="samples in samples.png (default 64)")
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--device", default="cpu")
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     seeds = sample_seeds(args.seed, args.n)
     chunks: list[np.ndarray] = []
-    for chunk in sample_chunks(model, seeds, args.steps, args.batch_size):
+    for chunk in sample_chunks(model, seeds, args.steps, args.batch_size, solver=args.solver):
         before = sum(len(c) for c in chunks)
         chunks.append(chunk)
         if before < min(args.grid, args.n) <= before + len(chunk):
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         model=model_identity(args.model),
         n=args.n,
         steps=args.steps,
+        solver=args.solver,
         seed=args.seed,
         dtype=args.dtype,
         device=str(device),

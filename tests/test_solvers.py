@@ -154,3 +154,18 @@ def test_inversion_equals_diffusers_dpmsolver_multistep_inverse(tiny_unet64, lin
         ours = dpmpp_2m_path(tiny_unet64, x0, [*ts, int(s.noisiest_timestep)])
     assert _rel(ours, x0) > 0.05
     torch.testing.assert_close(ours, ref, rtol=1e-8, atol=1e-8)
+
+
+def test_sampling_uses_the_named_solver(gaussian_prior):
+    from odedit.rng import generators_for, randn_per_image
+    from odedit.sampling import ddim_sample
+    from odedit.schedule import timestep_grid
+
+    gens = generators_for([0, 1], "cpu")
+    out = ddim_sample(gaussian_prior, gens, steps=8, solver="dpm++2m")
+    like = torch.empty(2, 3, 16, 16)
+    xT = randn_per_image(like, generators_for([0, 1], "cpu"))
+    grid = timestep_grid(T, 8)
+    ref = dpmpp_2m_path(gaussian_prior, xT.double(), [*grid[::-1], -1]).float().clamp(-1, 1)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out, ddim_sample(gaussian_prior, generators_for([0, 1], "cpu"), steps=8))

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from odedit.models import EpsModel
-from odedit.ode import X0Transform, decode
+from odedit.ode import X0Transform
 from odedit.rng import generators_for, randn_per_image
 from odedit.schedule import timestep_grid
+from odedit.solvers import solver_path
 
 __all__ = ["ddim_sample", "sample_chunks", "sample_grid", "sample_seeds", "to_uint8", "grid_image", "default_ncols"]
 
@@ -39,8 +40,9 @@ def ddim_sample(
     batch_size: Optional[int] = None,
     x0_transform: Optional[X0Transform] = None,
     callback: Optional[Callable[[int], None]] = None,
+    solver: str = "ddim",
 ) -> torch.Tensor:
-    """Draw one sample per generator with deterministic DDIM (eta = 0).
+    """Draw one sample per generator with deterministic DDIM (eta = 0) or another ODE solver.
 
     x_T is drawn from each image's generator at the top level of the ``steps``-step
     grid (:func:`odedit.schedule.timestep_grid`), then decoded to the image with
@@ -54,6 +56,7 @@ def ddim_sample(
         batch_size: samples per model call (default: all at once).
         x0_transform: optional map on predicted x0 inside each step (see ``odedit.ode``).
         callback: ``callback(k)`` after every model call on a chunk of k samples.
+        solver: ``ddim`` | ``dpm++2m`` (:mod:`odedit.solvers`), ``steps`` model calls either way.
     Returns:
         float32 tensor (B, C, H, W) on the model's device, clamped to [-1, 1].
     """
@@ -80,7 +83,7 @@ def ddim_sample(
                 ]
             )
         step_cb = None if callback is None else (lambda _n, k=len(part): callback(k))
-        x = decode(model, x, grid, x0_transform=x0_transform, callback=step_cb)
+        x = solver_path(solver, model, x, [*grid[::-1], -1], x0_transform, step_cb)
         out.append(x.float().clamp_(-1.0, 1.0))
     return torch.cat(out)
 
@@ -91,6 +94,7 @@ def sample_chunks(
     steps: int = 100,
     batch_size: int = 16,
     callback: Optional[Callable[[int], None]] = None,
+    solver: str = "ddim",
 ) -> Iterator[np.ndarray]:
     """DDIM samples of ``seeds`` (one CPU generator each, as ``odedit sample``), ``batch_size``
     at a time; each chunk is yielded as uint8 (B, H, W, 3) on the host, so memory stays
@@ -99,7 +103,9 @@ def sample_chunks(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, len(seeds), batch_size):
         part = seeds[start : start + batch_size]
-        yield to_uint8(ddim_sample(model, generators_for(part, "cpu"), steps=steps, callback=callback))
+        yield to_uint8(
+            ddim_sample(model, generators_for(part, "cpu"), steps=steps, callback=callback, solver=solver)
+        )
 
 
 def sample_seeds(seed: int, n: int) -> list[int]:

@@ -34,6 +34,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, metavar="GRID.png", help="grid image to write")
     p.add_argument("--steps", type=ranged(int, 1, 1000), default=100, help="DDIM steps (default 100)")
     p.add_argument("--seed", type=ranged(int, 0), default=0, help="seed of the first sample (default 0)")
+    p.add_argument(
+        "--solver", choices=("ddim", "dpm++2m"), default="ddim", help="ODE solver (default ddim; dpm++2m: DPM-Solver++(2M))"
+    )
     p.add_argument("--batch-size", type=ranged(int, 1), default=16, help="samples per model call (default 16)")
     p.add_argument("--ncols", type=ranged(int, 1), default=None, help="grid columns (default: near-square)")
     p.add_argument(
@@ -73,7 +76,7 @@ def run(args) -> int:
     with tqdm(
         total=args.num * args.steps, unit="img-step", desc="sampling", disable=args.quiet, file=sys.stderr
     ) as bar:
-        images = np.concatenate(list(sample_chunks(model, seeds, args.steps, args.batch_size, bar.update)))
+        images = np.concatenate(list(sample_chunks(model, seeds, args.steps, args.batch_size, bar.update, solver=args.solver)))
     grid = make_grid(images, args.ncols or default_ncols(len(images)))
     save_png_atomic(output, grid)
     if args.individual is not None:
@@ -82,7 +85,7 @@ def run(args) -> int:
     if not args.quiet:
         dt = time.perf_counter() - t0
         print(
-            f"{len(images)} samples ({args.steps} DDIM steps, seeds {seeds[0]}..{seeds[-1]}) in {dt:.1f} s -> {output}",
+            f"{len(images)} samples ({args.steps} {args.solver} steps, seeds {seeds[0]}..{seeds[-1]}) in {dt:.1f} s -> {output}",
             file=sys.stderr,
         )
     return 0
