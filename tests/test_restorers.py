@@ -665,3 +665,16 @@ def test_odedit_with_dpm_solver_without_langevin_is_its_round_trip(gaussian_prio
     assert err["dpm++2m"] < err["ddim"] / 2, err
     with pytest.raises(ValueError, match="solver"):
         ODEditConfig(solver="euler")
+
+
+def test_odedit_fixed_point_inversion_counts_and_round_trip(gaussian_prior):
+    x = _prior_images(gaussian_prior, 2, 2)
+    base = dict(steps=10, levels=(0,), langevin_steps=0)
+    m = Counted(gaussian_prior)
+    cfg = ODEditConfig(**base, inversion_iters=3)
+    out = odedit(m, x, cfg, _gens(0, 2))
+    assert m.calls == cfg.nfe == 10 * 4 + 10
+    plain = odedit(gaussian_prior, x, ODEditConfig(**base), _gens(0, 2))
+    assert float((out - x).norm()) < float((plain - x).norm()) / 10
+    with pytest.raises(ValueError, match="solver"):
+        ODEditConfig(**base, inversion_iters=2, solver="dpm++2m")

@@ -398,7 +398,7 @@ def odedit_method_name(preset: str, cfg: ODEditConfig) -> str:
     level), ``lv<a-b-..>`` (Langevin levels != the paper's levels scaled to the grid),
     ``k<K>`` (updates per level != preset total / number of levels), ``eps<e>``,
     ``T<t>``, ``clip`` (x0 clipping in inversion), ``thr<p>`` (decode thresholding),
-    ``dpmpp2m`` (solver).
+    ``dpmpp2m`` (solver), ``fp<J>`` (fixed-point inversion iterations).
     Without Langevin (K = 0) the name is ``odedit-nolangevin`` (+ the grid suffixes).
     """
     ref = ODEditConfig.from_preset(preset, steps=cfg.steps)
@@ -426,6 +426,8 @@ def odedit_method_name(preset: str, cfg: ODEditConfig) -> str:
         parts.append(f"thr{_g(cfg.decode_threshold)}")
     if cfg.solver != "ddim":
         parts.append(cfg.solver.replace("+", "p"))  # dpm++2m -> dpmpp2m (file-name safe)
+    if cfg.inversion_iters:
+        parts.append(f"fp{cfg.inversion_iters}")
     return "-".join(parts)
 
 

@@ -19,7 +19,7 @@ import torch
 
 from odedit.langevin import langevin, langevin_step_size
 from odedit.models import EpsModel, load_model
-from odedit.ode import clip_x0, dynamic_threshold
+from odedit.ode import clip_x0, ddim_invert_path_fixed_point, dynamic_threshold
 from odedit.rng import generators_for, randn_per_image
 from odedit.schedule import timestep_grid
 from odedit.solvers import SOLVERS, solver_path
@@ -52,6 +52,9 @@ class ODEditConfig:
         decode_threshold: dynamic-thresholding percentile for decoding (e.g. 0.995), or None.
         solver: ODE solver of inversion and decoding: ``ddim`` (eq. 8, the paper's) or
             ``dpm++2m`` (DPM-Solver++(2M), :mod:`odedit.solvers`; same model calls per step).
+        inversion_iters: fixed-point refinements of each DDIM inversion step (0 = the usual
+            explicit step); > 0 makes inversion the exact inverse of DDIM decoding
+            (:func:`odedit.ode.ddim_invert_path_fixed_point`), at (1 + iters) calls per step.
     """
 
     steps: int = PAPER_STEPS
@@ -63,10 +66,15 @@ class ODEditConfig:
     clip_inversion_x0: bool = False
     decode_threshold: Optional[float] = None
     solver: str = "ddim"
+    inversion_iters: int = 0
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        if not isinstance(self.inversion_iters, int) or self.inversion_iters < 0:
+            raise ValueError(f"inversion_iters must be an integer >= 0, got {self.inversion_iters!r}")
+        if self.inversion_iters and self.solver != "ddim":
+            raise ValueError("inversion_iters (fixed-point inversion) needs solver='ddim'")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
         top = self.top_level
@@ -98,8 +106,8 @@ class ODEditConfig:
 
     @property
     def nfe(self) -> int:
-        """Model calls per image: inversion + decoding + Langevin."""
-        return 2 * (self.top_level + 1) + self.total_langevin_steps
+        """Model calls per image: inversion (x (1 + inversion_iters)) + decoding + Langevin."""
+        return (self.top_level + 1) * (2 + self.inversion_iters) + self.total_langevin_steps
 
     @classmethod
     def from_preset(cls, preset: str = DEFAULT_PRESET, **overrides) -> "ODEditConfig":
@@ -205,7 +213,11 @@ def odedit(
     dec_transform = dynamic_threshold(config.decode_threshold) if config.decode_threshold else None
 
     # 1. x_{N,0} = ODE_SOLVER_forward(x0): eq. 8 (or DPM-Solver++) from the image up to the top level.
-    x = solver_path(config.solver, model, x0, [-1, *grid[: top + 1]], inv_transform, callback)
+    up = [-1, *grid[: top + 1]]
+    if config.inversion_iters:
+        x = ddim_invert_path_fixed_point(model, x0, up, config.inversion_iters, inv_transform, callback)
+    else:
+        x = solver_path(config.solver, model, x0, up, inv_transform, callback)
     # 2. for t = N .. 1 (grid levels top .. 0), in segments that end at a Langevin level:
     lv_active = sorted((lv for lv in levels if config.langevin_steps > 0), reverse=True)
     level = top

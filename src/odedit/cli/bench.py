@@ -172,6 +172,7 @@ def build_methods_from_args(args: argparse.Namespace):
         "clip_inversion_x0": args.clip_inversion or None,
         "decode_threshold": args.decode_threshold,
         "solver": args.solver,
+        "inversion_iters": args.inversion_iters,
     }
     if args.levels is not None and not args.levels:
         raise CLIError("--levels is empty")

@@ -102,6 +102,14 @@ def add_odedit_override_args(group) -> None:
         help="ODE solver of inversion and decoding: ddim (eq. 8, the paper's; default) or dpm++2m "
         "(DPM-Solver++(2M), second order, same model calls per step)",
     )
+    group.add_argument(
+        "--inversion-iters",
+        type=ranged(int, 0, 20),
+        default=None,
+        metavar="J",
+        help="fixed-point refinements per DDIM inversion step (default 0): inversion becomes the exact "
+        "inverse of decoding, at (1 + J) model calls per inversion step",
+    )
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:

@@ -98,6 +98,7 @@ def build_config(args: argparse.Namespace):
             clip_inversion_x0=args.clip_inversion or None,
             decode_threshold=args.decode_threshold,
             solver=args.solver,
+            inversion_iters=args.inversion_iters,
         )
     return SDEditConfig(steps=args.steps or 100, strength=args.strength, eta=args.eta)
 
