@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 from odedit.models import DEFAULT_MODEL_DIR, load_local, write_checksums
@@ -27,6 +28,9 @@ def main() -> None:
     if not sched.is_file():
         sched = args.model / "scheduler_config.json"
     save_model(model.unet, args.dest, scheduler_config=json.loads(sched.read_text()), fp16=True)
+    info = args.model / "odedit_train.json"  # provenance: step, images seen, settings
+    if info.is_file():
+        shutil.copyfile(info, args.dest / info.name)
     write_checksums(args.dest)
     total = sum(p.stat().st_size for p in args.dest.rglob("*") if p.is_file())
     print(f"installed {args.model} -> {args.dest} ({total / 2**20:.1f} MiB)")

@@ -237,6 +237,11 @@ def load_model(
                 "been trained and published); pass a model with --model PATH_OR_HUB_ID, e.g. a folder "
                 "written by `odedit train` or the hub id google/ddpm-ema-celebahq-256"
             )
+        if not (DEFAULT_MODEL_DIR / CHECKSUM_FILE).is_file():
+            raise ModelLoadError(
+                f"the embedded default prior in {DEFAULT_MODEL_DIR} has no {CHECKSUM_FILE}; "
+                "reinstall odedit (the shipped weights are always checksummed)"
+            )
         return load_local(DEFAULT_MODEL_DIR, device, dtype)
     path = Path(source).expanduser()
     if path.exists():
