@@ -598,6 +598,9 @@ def test_default_model_is_loaded_when_present(monkeypatch, model_copy):
     monkeypatch.setattr(models, "DEFAULT_MODEL_DIR", model_copy)
     assert models.default_model_available()
     assert isinstance(load_model(None), UNetEps)
+    (model_copy / "checksums.json").unlink()  # the embedded prior is never loaded unchecked
+    with pytest.raises(ModelLoadError, match="no checksums.json"):
+        load_model(None)
 
 
 def test_checksum_mismatch_is_reported(model_copy):
