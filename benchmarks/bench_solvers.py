@@ -72,7 +72,8 @@ def main(argv=None) -> int:
         timing = {b: round(call_ms(model, b, args.timing_reps), 1) for b in (1, 8, 32)}
         print(f"ms per model call ({args.dtype}): " + ", ".join(f"batch {b}: {v} ({v / b:.1f}/img)" for b, v in timing.items()))
         for steps in (int(v) for v in args.nfe.split(",")):
-            for solver, iters in (("ddim", 0), ("dpm++2m", 0), ("ddim", args.iters)):
+            variants = [("ddim", 0), ("dpm++2m", 0)] + ([("ddim", args.iters)] if args.iters else [])
+            for solver, iters in variants:
                 t0 = time.perf_counter()
                 out = round_trip(model, x0, solver, steps, iters)
                 sec = time.perf_counter() - t0

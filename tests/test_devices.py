@@ -18,14 +18,19 @@ def test_auto_follows_the_cpu_capability(monkeypatch, fast):
     assert devices.auto_mixed_precision(on_cpu=True) == ("bf16" if fast else "no")
 
 
-def test_capability_agrees_with_torch_and_cpuinfo():
-    caps = torch.cpu.get_capabilities()
-    assert devices.cpu_has_fast_bf16() == bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        pytest.skip("no /proc/cpuinfo flags here")
-    assert devices.cpu_has_fast_bf16() == bool({"amx_bf16", "avx512_bf16"} & set(flags))
+def test_cpuinfo_fallback_reads_the_flags(monkeypatch, tmp_path):
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor : 0\nflags : fpu sse2 avx2 fma\n")
+    assert devices._cpuinfo_has_bf16(str(fake)) is False
+    fake.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_bf16 amx_tile\n")
+    assert devices._cpuinfo_has_bf16(str(fake)) is True
+    assert devices._cpuinfo_has_bf16(str(tmp_path / "missing")) is False
+    # without torch's capability query the cpuinfo flags decide
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {}, raising=False)
+    monkeypatch.setattr(devices, "_cpuinfo_has_bf16", lambda path: path == "/proc/cpuinfo")
+    assert devices.cpu_has_fast_bf16() is True
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": False, "avx512_bf16": False})
+    assert devices.cpu_has_fast_bf16() is False  # torch's answer wins where it has one
 
 
 def test_unknown_dtype_is_a_clear_error():

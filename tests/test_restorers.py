@@ -649,9 +649,14 @@ def test_odedit_nfe_and_segments_with_each_solver(gaussian_prior, solver):
     m = Counted(gaussian_prior)
     odedit(m, torch.zeros((2, 3, 16, 16)), cfg, _gens(0, 2))
     assert m.calls == cfg.nfe == 2 * 10 + 3 * 4
-    # decoding visits every level once, Langevin blocks at their levels, in descending order
-    grid = timestep_grid(T, 10)
-    assert m.timesteps[10:14] == [grid[9], grid[8], grid[8], grid[8]]
+    # decoding visits every level once, each Langevin block before the step down from its level
+    g = timestep_grid(T, 10)
+    # inversion: DDIM evaluates eps at the higher level of each step, DPM-Solver at the current
+    # one (after the first step from the image, which evaluates at grid[0])
+    up = g if solver == "ddim" else [g[0], *g[:9]]
+    lang = lambda lv: [g[lv]] * 3  # noqa: E731
+    down = [g[9], *lang(8), g[8], g[7], g[6], *lang(5), g[5], g[4], g[3], *lang(2), g[2], g[1], *lang(0), g[0]]
+    assert m.timesteps == [*up, *down]
 
 
 def test_odedit_with_dpm_solver_without_langevin_is_its_round_trip(gaussian_prior):

@@ -319,9 +319,15 @@ def test_ema_power_and_min_snr_train_and_are_recorded(blobs, tmp_path):
     assert r.step == 3 and np.isfinite(r.records[-1]["loss"])
     info = json.loads((tmp_path / "e" / "model" / "odedit_train.json").read_text())
     assert info["ema_power"] == 2 / 3 and info["min_snr_gamma"] == 5.0
-    # the warm-up decay diffusers applies at that setting: 1 - (1 + n)^-p
+    # the trainer's own EMA state in the checkpoint carries the warm-up setting
+    ckpt = latest_checkpoint(tmp_path / "e")
+    state = torch.load(next(ckpt.glob("custom_checkpoint_0.pkl")), weights_only=False)
+    assert state["use_ema_warmup"] is True and state["power"] == 2 / 3
     ema = EMAModel([torch.nn.Parameter(torch.zeros(1))], decay=0.9999, use_ema_warmup=True, power=2 / 3)
-    assert abs(ema.get_decay(1000) - (1 - (1 + 999) ** (-2 / 3))) < 1e-12
+    assert abs(ema.get_decay(1000) - (1 - (1 + 999) ** (-2 / 3))) < 1e-12  # 1 - (1 + n)^-p
+    # min-SNR changes the optimised loss: same seed, same data, different logged loss
+    plain = train(config(blobs, tmp_path / "p", steps=3, ema_power=2 / 3), log=quiet)
+    assert plain.records[0]["loss"] != r.records[0]["loss"]
     with pytest.raises(TrainError, match="power"):
         config(blobs, tmp_path / "x", steps=1, ema_power=1.5).validate()
     with pytest.raises(TrainError, match="gamma"):

@@ -704,11 +704,14 @@ class _Item:
     manifest: Optional[ManifestEntry] = None
 
 
-def _torch_dtype(name: str):
-    from odedit.devices import resolve_dtype
+def _torch_dtype(name: str, device=None):
+    """The compute dtype of a ``--dtype`` name; ``auto`` resolves for ``device`` (default: --device)."""
+    from odedit.devices import resolve_device, resolve_dtype_for
 
     try:
-        return resolve_dtype(name)
+        if name == "auto" and device is None:
+            device = resolve_device("auto")
+        return resolve_dtype_for(name, device if device is not None else "cpu")
     except ValueError as err:
         raise BenchError(str(err)) from None
 
@@ -743,6 +746,15 @@ def model_fingerprint(source) -> Optional[str]:
     return h.hexdigest()
 
 
+def _settings_device(s):
+    from odedit.devices import resolve_device
+
+    try:
+        return resolve_device(str(s.device))
+    except ValueError as err:
+        raise BenchError(str(err)) from None
+
+
 def _resume_settings(s: BenchSettings, model_id: str, model_fp: Optional[str]) -> dict:
     """The settings that define the per-image results (must match to resume)."""
     return {
@@ -755,7 +767,8 @@ def _resume_settings(s: BenchSettings, model_id: str, model_fp: Optional[str]) -
         "corruptions": None if (s.manifest or s.corruptions is None) else list(s.corruptions),
         "seed": int(s.seed),
         "fit": s.fit,
-        "dtype": s.dtype,
+        # the resolved name: an "auto" run resumed on another CPU must not mix bf16 and fp32 rows
+        "dtype": str(_torch_dtype(s.dtype, None if s.dtype != "auto" else _settings_device(s))).removeprefix("torch."),
     }
 
 
@@ -774,8 +787,15 @@ def _check_resume(existing: dict, settings: dict, methods: list[MethodSpec]) -> 
         )
 
 
+# ODEditConfig fields added later, with the values runs made before them used.
+_CONFIG_DEFAULTS = {"odedit": {"solver": "ddim", "inversion_iters": 0}}
+
+
 def _identity_of(d: dict) -> dict:
-    return _json_roundtrip({k: d.get(k) for k in ("kind", "config", "best_of")})
+    ident = {k: d.get(k) for k in ("kind", "config", "best_of")}
+    if isinstance(ident["config"], dict):  # runs recorded before a field existed used its default
+        ident["config"] = {**_CONFIG_DEFAULTS.get(ident["kind"], {}), **ident["config"]}
+    return _json_roundtrip(ident)
 
 
 def _json_roundtrip(obj):
@@ -1393,7 +1413,7 @@ def run_benchmark(settings: BenchSettings, ctx: Optional[ProcessContext] = None)
                              "folder; choose another output folder")
 
     device = _resolve_device(s.device, ctx)
-    model = load_model(s.model, device=device, dtype=_torch_dtype(s.dtype))
+    model = load_model(s.model, device=device, dtype=_torch_dtype(s.dtype, device))
     T = model.schedule.num_train_timesteps
     too_long = [m.name for m in s.methods if m.config is not None and m.config.steps > T]
     if too_long:

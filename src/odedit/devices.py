@@ -41,25 +41,31 @@ def cpu_has_fast_bf16() -> bool:
     Elsewhere (e.g. AVX2-only CPUs) PyTorch emulates bf16 and is far slower than float32:
     one training step of the ``cpu64`` UNet (batch 32) took > 100 s in bf16 autocast on a
     2-core AVX2 EPYC against 4.3 s in float32, while an AMX Xeon ran it 2.6x faster than
-    float32. Detected from ``torch.cpu.get_capabilities()`` (PyTorch >= 2.4), else from
+    float32. Detected from ``torch.cpu.get_capabilities()`` where this PyTorch has it, else from
     the flags in /proc/cpuinfo (Linux); False when neither can tell.
     """
     get = getattr(getattr(torch, "cpu", None), "get_capabilities", None)
     if get is not None:
         try:
             caps = get()
-            return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
         except Exception:  # pragma: no cover - the capability query is best-effort across versions
-            pass
-    try:  # pragma: no cover - older PyTorch
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            caps = {}
+        if "amx_bf16" in caps or "avx512_bf16" in caps:
+            return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
+    return _cpuinfo_has_bf16("/proc/cpuinfo")
+
+
+def _cpuinfo_has_bf16(path: str) -> bool:
+    """The amx_bf16 / avx512_bf16 flags of a Linux cpuinfo file (False if unreadable)."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
             for line in fh:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
                     return bool(flags & {"amx_bf16", "avx512_bf16"})
     except OSError:
         pass
-    return False  # pragma: no cover
+    return False
 
 
 def auto_dtype(device: torch.device) -> torch.dtype:
@@ -85,4 +91,8 @@ def auto_mixed_precision(on_cpu: bool) -> str:
     """
     if on_cpu or not torch.cuda.is_available():
         return "bf16" if cpu_has_fast_bf16() else "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    try:  # native bf16 only (Ampere and newer): emulated bf16 on older GPUs is slow, as on CPUs
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # pragma: no cover - PyTorch < 2.3 has no emulation argument
+        native = torch.cuda.is_bf16_supported()
+    return "bf16" if native else "no"

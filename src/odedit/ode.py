@@ -136,7 +136,10 @@ def ddim_invert_path_fixed_point(
     eps(x_cur, t_next); steps 2..iters+1 re-evaluate eps at the current guess of x_next
     (Pan et al. 2023, "Effective real image editing with accelerated iterative diffusion
     inversion"; Wallace et al. 2023 reach exactness with EDICT instead). ``iters = 0`` is
-    :func:`ddim_path`. Model calls: ``(len(timesteps) - 1) * (1 + iters)``.
+    :func:`ddim_path`. Model calls: ``(len(timesteps) - 1) * (1 + iters)``. The iteration
+    converges where the step's eps coefficient times eps's Lipschitz constant is < 1 (fine
+    grids); with an ``x0_transform`` the step is no longer affine and the result is only an
+    approximate inverse.
 
     Args:
         timesteps: ascending path (e.g. ``[-1, 0, 10, ..., 990]``).

@@ -75,6 +75,9 @@ class ODEditConfig:
             raise ValueError(f"inversion_iters must be an integer >= 0, got {self.inversion_iters!r}")
         if self.inversion_iters and self.solver != "ddim":
             raise ValueError("inversion_iters (fixed-point inversion) needs solver='ddim'")
+        if self.inversion_iters and self.clip_inversion_x0:
+            # clipping makes the step non-affine in x: the iteration no longer inverts decoding
+            raise ValueError("inversion_iters (exact inversion) and clip_inversion_x0 exclude each other")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
         top = self.top_level

@@ -22,7 +22,8 @@ Steps (numbers cited in the code):
        (diffusers ``solver_type="midpoint"``; DPM-Solver++ eq. (for 2M) / Algorithm 2).
 
 The first step has no history and is first order. The last step is first order when
-``lower_order_final`` (always when it ends at the clean image, where h = +inf and only
+``lower_order_final`` (:func:`solver_path` sets it for paths under 15 steps, as diffusers
+does; always when a path ends at the clean image, where h = +inf and only
 x_next = D_cur is defined). From the clean level itself (inversion starting at t = -1)
 eps is evaluated at t_next, as :func:`odedit.ode.ddim_path` does, and the step is the
 DDIM step; the history then holds D = x (exact at sigma = 0).
@@ -134,5 +135,6 @@ def solver_path(
     if solver == "ddim":
         return ddim_path(model, x, timesteps, x0_transform, callback)
     if solver == "dpm++2m":
-        return dpmpp_2m_path(model, x, timesteps, True, x0_transform, callback)
+        # first-order last step on short paths only, as diffusers (lower_order_final, < 15 steps)
+        return dpmpp_2m_path(model, x, timesteps, len(timesteps) - 1 < 15, x0_transform, callback)
     raise ValueError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")

@@ -549,7 +549,10 @@ def _train(cfg: TrainConfig, log: Optional[Callable[[str], None]]) -> TrainResul
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
         ema.to(device)  # accelerate loads custom objects onto the CPU
-        ema.decay = cfg.ema_decay  # the flag wins over the saved value
+        ema.decay = cfg.ema_decay  # the flags win over the saved values (recorded as given)
+        ema.use_ema_warmup = cfg.ema_power is not None
+        if cfg.ema_power is not None:
+            ema.power, ema.inv_gamma = cfg.ema_power, 1.0
         say(f"resumed {ckpt} at step {state.step} ({state.images_seen} images seen)")
     start_step = state.step
     tables = _noise_tables(schedule, device)
