@@ -40,7 +40,7 @@ from typing import Optional, Sequence
 import torch
 
 from odedit.models import EpsModel
-from odedit.ode import StepCallback, X0Transform, ddim_step
+from odedit.ode import StepCallback, X0Transform, ddim_path, ddim_step
 
 __all__ = ["SOLVERS", "dpmpp_2m_path", "solver_path", "level_coefficients"]
 
@@ -130,8 +130,6 @@ def solver_path(
     callback: Optional[StepCallback] = None,
 ) -> torch.Tensor:
     """Integrate along ``timesteps`` with a named solver (``ddim`` | ``dpm++2m``), one call per step."""
-    from odedit.ode import ddim_path
-
     if solver == "ddim":
         return ddim_path(model, x, timesteps, x0_transform, callback)
     if solver == "dpm++2m":
