@@ -15,7 +15,7 @@ from odedit.cli import restore as restore_cli
 from odedit.cli.common import CLIError
 from odedit.unets import build_unet
 
-FAST = ["--steps", "6", "--preset", "light", "--quiet"]
+FAST = ["--steps", "6", "--preset", "light", "--quiet", "--faces", "aligned"]
 
 
 @pytest.fixture()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from odedit.cli.common import (
     CLIError,
@@ -34,6 +36,14 @@ become 8-bit RGB. Images are resized to the model's square resolution (--fit str
 whole frame, Lanczos; --fit crop: central square first). Outputs are PNGs with the same
 base names at the model's resolution, or at the input's size with --keep-size. The
 resolved settings, model and per-image seeds are saved to OUTDIR/restore.json.
+
+Whole photos (--faces auto, the default): each face is found with mediapipe's bundled
+detector (pip install 'odedit[faces]'), aligned to the prior's frame by a similarity
+transform from its keypoints, restored, upscaled (ODEdit+: --upsampler, Lanczos by
+default) and blended back with a feathered mask; the output is the whole photo at its
+own size. Inputs already at the model's size are taken as aligned crops. A photo with
+no face is copied through unchanged and reported. --faces aligned restores every input
+as an aligned crop (the behaviour above).
 """
 
 
@@ -75,7 +85,27 @@ def add_parser(subparsers) -> None:
     r.add_argument("--seed", type=ranged(int, 0), default=0, help="base seed (default 0)")
     r.add_argument("--batch-size", type=ranged(int, 1, 4096), default=8, help="images per batch (default 8)")
     add_device_args(r)
-    r.add_argument("--fit", choices=("stretch", "crop"), default="stretch", help="how to make inputs square")
+    f = p.add_argument_group("whole photos")
+    f.add_argument(
+        "--faces",
+        choices=("auto", "aligned"),
+        default="auto",
+        help="auto: detect, align, restore and paste back every face (inputs at the model's size "
+        "count as aligned crops); aligned: every input is an aligned face crop (default: auto)",
+    )
+    f.add_argument("--max-faces", type=ranged(int, 1, 1000), default=10, help="faces per photo, best first (default 10)")
+    f.add_argument(
+        "--min-face-score", type=ranged(float, 0.0, 1.0, lo_open=True, hi_open=True), default=0.5,
+        help="detector confidence threshold in (0, 1) (default 0.5)",
+    )
+    f.add_argument(
+        "--upsampler",
+        default="lanczos",
+        metavar="lanczos|PATH_OR_HUB_ID",
+        help="ODEdit+ second stage for pasting faces back: lanczos (default) or a diffusers upscaling "
+        "pipeline, e.g. stabilityai/stable-diffusion-x4-upscaler",
+    )
+    r.add_argument("--fit", choices=("stretch", "crop"), default="stretch", help="how to make aligned crops square")
     r.add_argument("--keep-size", action="store_true", help="resize outputs back to the input size")
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -131,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
     from odedit.imageio import ImageError, fit_square, list_images, load_image_uint8, save_png_atomic
     from odedit.imageio import uint8_to_unit, unfit_square, unit_to_uint8
     from odedit.models import ModelLoadError, load_model, model_identity
+    from odedit.faces import cut_faces, paste_faces, uses_detection
     from odedit.restorers import ODEdit, SDEdit
 
     # 1. Validate everything cheap before loading the model.
@@ -183,43 +214,95 @@ def run(args: argparse.Namespace) -> int:
         "base_seed": args.seed,
         "fit": args.fit,
         "keep_size": args.keep_size,
+        "faces": args.faces,
+        "max_faces": args.max_faces,
+        "min_face_score": args.min_face_score,
+        "upsampler": args.upsampler,
         "command": sys.argv,
     }
     images_meta = sidecar.setdefault("images", {})
 
-    # 3. Restore batch by batch; a bad file is reported and skipped.
+    # 3. Restore batch by batch; a bad file is reported and skipped. A whole photo becomes
+    #    one crop per detected face; it is written once all its faces are back.
     nfe = config.nfe
     show = not args.quiet
-    done = 0
+    counts = {"restored": 0, "no_face": 0}
     bar = tqdm(total=len(jobs), desc="images", unit="img", disable=not show, file=sys.stderr)
-    pending: list[tuple[Path, Path, np.ndarray, int]] = []
+    pending: list[tuple[_Item, int]] = []  # (photo, index of its crop)
+    tools: dict = {}
+
+    def detector():
+        if "detector" not in tools:
+            from odedit.detect import DetectorUnavailable, FaceDetector
+
+            try:
+                tools["detector"] = FaceDetector(min_score=args.min_face_score)
+            except DetectorUnavailable as err:
+                raise CLIError(f"{err} (or pass --faces aligned for pre-aligned crops)") from None
+        return tools["detector"]
+
+    def upsampler():
+        if "upsampler" not in tools:
+            from odedit.upsample import UpsamplerError, make_upsampler
+
+            try:
+                tools["upsampler"] = make_upsampler(args.upsampler, device=str(device))
+            except UpsamplerError as err:
+                raise CLIError(str(err)) from None
+        return tools["upsampler"]
+
+    def finish(item: "_Item") -> None:
+        entry = {
+            "input": str(item.src),
+            "seed": item.seeds[0] if item.seeds else image_seed(args.seed, item.src.name),
+            "run": run_id,
+            "input_size": [int(item.original.shape[1]), int(item.original.shape[0])],
+        }
+        if item.faces is None:  # an aligned crop
+            result = item.results[0]
+            if args.keep_size:
+                result = unfit_square(result, item.original, args.fit)
+            entry["mode"] = "aligned"
+            entry["status"] = "restored"
+        elif not item.faces:
+            result = item.original
+            entry["mode"] = "faces"
+            entry["status"] = "no_face_copied_unchanged"
+        else:
+            result, factors = paste_faces(item.original, item.faces, item.results, upsampler())
+            entry["mode"] = "faces"
+            entry["status"] = "restored"
+            entry["upsampler"] = getattr(tools["upsampler"], "name", args.upsampler)
+            entry["faces"] = [
+                {**face.to_dict(), "seed": seed, "upsample_factor": factor}
+                for face, seed, factor in zip(item.faces, item.seeds, factors)
+            ]
+        save_png_atomic(item.dst, result)
+        entry["output_size"] = [int(result.shape[1]), int(result.shape[0])]
+        images_meta[item.dst.name] = entry
+        counts["no_face" if entry["status"] != "restored" else "restored"] += 1
+        bar.update(1)
 
     def flush() -> None:
-        nonlocal done
         if not pending:
             return
-        batch = np.stack([fit_square(img, size, args.fit) for _, _, img, _ in pending])
-        seeds = [s for *_, s in pending]
-        gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        batch = np.stack([item.crops[k] for item, k in pending])
+        gens = [torch.Generator(device=device).manual_seed(item.seeds[k]) for item, k in pending]
         steps = tqdm(total=nfe, desc="model calls", leave=False, disable=not show, file=sys.stderr)
         out = restorer.restore(uint8_to_unit(batch), generator=gens, callback=steps.update)
         steps.close()
-        for (src, dst, original, seed), result in zip(pending, unit_to_uint8(out)):
-            if args.keep_size:
-                result = unfit_square(result, original, args.fit)
-            save_png_atomic(dst, result)
-            images_meta[dst.name] = {
-                "input": str(src),
-                "seed": seed,
-                "run": run_id,
-                "input_size": [int(original.shape[1]), int(original.shape[0])],
-                "output_size": [int(result.shape[1]), int(result.shape[0])],
-            }
-            done += 1
-        bar.update(len(pending))
+        done_items = []
+        for (item, k), result in zip(pending, unit_to_uint8(out)):
+            item.results[k] = result
+            if k == len(item.crops) - 1:
+                done_items.append(item)
         pending.clear()
+        for item in done_items:
+            finish(item)
         write_json_atomic(sidecar_path, sidecar)
 
+    if args.faces == "auto" and args.upsampler != "lanczos":
+        upsampler()  # a model that cannot load fails now, not after the first restoration
     for src, dst in jobs:
         try:
             image = load_image_uint8(src)
@@ -227,18 +310,62 @@ def run(args: argparse.Namespace) -> int:
             failures.append((str(src), str(err)))
             bar.update(1)
             continue
-        pending.append((src, dst, image, image_seed(args.seed, src.name)))
-        if len(pending) == args.batch_size:
-            flush()
+        item = _Item(src=src, dst=dst, original=image)
+        if uses_detection(args.faces, image.shape, size):
+            detections = detector().detect(image, max_faces=args.max_faces)
+            item.faces = cut_faces(image, detections, size)
+            item.crops = [f.crop for f in item.faces]
+            item.seeds = [face_seed(args.seed, src.name, i) for i in range(len(item.faces))]
+            if not item.faces:
+                finish(item)
+                continue
+        else:
+            item.crops = [fit_square(image, size, args.fit)]
+            item.seeds = [image_seed(args.seed, src.name)]
+        item.results = [None] * len(item.crops)
+        for k in range(len(item.crops)):
+            pending.append((item, k))
+            if len(pending) == args.batch_size:
+                flush()
     flush()
     bar.close()
+    if "detector" in tools:
+        tools["detector"].close()
     sidecar["runs"][run_id]["failures"] = [{"input": f, "error": e} for f, e in failures]
+    sidecar["runs"][run_id]["no_face"] = sorted(
+        e["input"] for e in images_meta.values() if e.get("run") == run_id and e.get("status") != "restored"
+    )
     write_json_atomic(sidecar_path, sidecar)
 
-    print(f"restored {done} image(s) into {outdir} ({args.method}, {nfe} model calls per image)", file=sys.stderr)
+    print(
+        f"restored {counts['restored']} image(s) into {outdir} ({args.method}, {nfe} model calls per face)",
+        file=sys.stderr,
+    )
+    if counts["no_face"]:
+        print(f"{counts['no_face']} photo(s) had no detected face and were copied unchanged:", file=sys.stderr)
+        for name in sidecar["runs"][run_id]["no_face"]:
+            print(f"  {name}", file=sys.stderr)
     if failures:
         print(f"{len(failures)} input(s) failed:", file=sys.stderr)
         for _, e in failures:
             print(f"  {e}", file=sys.stderr)
         return 1
     return 0
+
+
+@dataclass
+class _Item:
+    """One input file on its way through the batch loop."""
+
+    src: Path
+    dst: Path
+    original: "object"  # (H, W, 3) uint8
+    faces: Optional[list] = None  # AlignedFace list in faces mode, None for an aligned crop
+    crops: list = field(default_factory=list)
+    seeds: list = field(default_factory=list)
+    results: list = field(default_factory=list)
+
+
+def face_seed(base_seed: int, name: str, index: int) -> int:
+    """Seed of face ``index`` of a photo: face 0 gets the file's own seed (as a crop would)."""
+    return image_seed(base_seed, name if index == 0 else f"{name}#face{index}")
