@@ -100,3 +100,49 @@ def paste_faces(
         out = align.paste_back(out, big, face.matrix, face.size)
         factors.append(factor)
     return out, factors
+
+
+def restore_photo(
+    photo: np.ndarray,
+    restore_batch,
+    size: int,
+    seeds,
+    *,
+    faces_mode: str = "auto",
+    detector=None,
+    max_faces: Optional[int] = 10,
+    upsampler: Optional[Upsampler] = None,
+    fit: str = "stretch",
+) -> tuple[np.ndarray, dict]:
+    """One photo through the whole pipeline (the web app's path; the CLI batches across files).
+
+    Args:
+        photo: (H, W, 3) uint8.
+        restore_batch: ``f(crops uint8 (B, size, size, 3), seeds list[int]) -> uint8 (B, size, size, 3)``.
+        seeds: ``f(face_index) -> int``.
+        detector: a :class:`odedit.detect.FaceDetector`, needed when detection is used.
+    Returns:
+        (result, info): the whole photo at its own size for detected faces (or the photo
+        unchanged when none is found, ``info['status'] == 'no_face_copied_unchanged'``), the
+        model-sized restoration for an aligned crop.
+    """
+    from odedit.imageio import fit_square
+
+    if not uses_detection(faces_mode, photo.shape, size):
+        crop = fit_square(photo, size, fit)
+        (out,) = restore_batch(crop[None], [seeds(0)])
+        return out, {"mode": "aligned", "status": "restored", "seed": seeds(0)}
+    if detector is None:
+        raise ValueError("faces_mode 'auto' on a whole photo needs a detector")
+    faces = cut_faces(photo, detector.detect(photo, max_faces=max_faces), size)
+    if not faces:
+        return np.asarray(photo, dtype=np.uint8).copy(), {"mode": "faces", "status": "no_face_copied_unchanged", "faces": []}
+    face_seeds = [seeds(i) for i in range(len(faces))]
+    restored = restore_batch(np.stack([f.crop for f in faces]), face_seeds)
+    result, factors = paste_faces(photo, faces, list(restored), upsampler)
+    info = {
+        "mode": "faces",
+        "status": "restored",
+        "faces": [{**f.to_dict(), "seed": s, "upsample_factor": k} for f, s, k in zip(faces, face_seeds, factors)],
+    }
+    return result, info

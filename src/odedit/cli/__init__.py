@@ -15,7 +15,7 @@ import sys
 from odedit.cli.common import CLIError
 
 # Subcommand name -> module. Order is the order shown in --help.
-SUBCOMMANDS = ("restore", "corrupt", "train", "sample", "bench")
+SUBCOMMANDS = ("restore", "corrupt", "train", "sample", "bench", "app")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,166 @@
+"""``odedit app``: the Gradio page driven in headless Chromium (Playwright), and its pieces."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from odedit.app import Request, check_upload, sample_faces
+
+DATA = Path(__file__).parent / "data"
+FACE = DATA / "face_00234.jpg"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-quic",
+]
+
+
+def _have(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+needs_browser = pytest.mark.skipif(
+    not (_have("gradio") and _have("playwright") and os.path.exists(CHROMIUM)),
+    reason="needs gradio, playwright and Debian's chromium (.ci/run installs them)",
+)
+
+
+def test_bundled_samples_are_small_faces():
+    samples = sample_faces()
+    assert len(samples) >= 3
+    for path in samples.values():
+        img = check_upload(str(path))[0]
+        assert img.shape == (192, 192, 3) and path.stat().st_size < 30_000
+
+
+def test_check_upload_messages(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("hello")
+    with pytest.raises(ValueError, match="empty.png: the file is empty"):
+        check_upload(str(tmp_path / "empty.png"))
+    with pytest.raises(ValueError, match="text.png: not a readable image"):
+        check_upload(str(tmp_path / "text.png"))
+    Image.new("RGB", (8000, 6000)).save(tmp_path / "huge.png")
+    with pytest.raises(ValueError, match="megapixel limit"):
+        check_upload(str(tmp_path / "huge.png"))
+
+
+def test_request_commands_reproduce_in_the_cli():
+    req = Request(method="odedit", preset="light", langevin_steps=5, seed=3, faces="aligned", degrade=True,
+                  corruption="gaussian_blur", severity=2)
+    corrupt_cmd, restore_cmd = req.commands("my face.jpg", "models/x")
+    assert corrupt_cmd == "odedit corrupt 'my face.jpg' -o degraded --corruption gaussian_blur --severity 2 --seed 3"
+    assert restore_cmd.startswith("odedit restore 'degraded/my face.png' -o restored --model models/x")
+    assert "--langevin-steps 5" in restore_cmd and "--seed 3" in restore_cmd
+    assert req.config().langevin_steps == 5
+
+
+def test_engine_result_equals_odedit_restore(tiny_unet_dir, tmp_path):
+    """The page's seed rule is the CLI's: same file name + base seed -> same pixels."""
+    from odedit.app import Engine
+    from odedit.cli import main
+
+    img = np.asarray(Image.open(FACE).convert("RGB").resize((16, 16), Image.LANCZOS))
+    Image.fromarray(img).save(tmp_path / "crop.png")
+    engine = Engine(str(tiny_unet_dir))
+    req = Request(method="sdedit", strength=0.4, seed=5, faces="aligned")
+    _, result, info = engine.run(img, "crop.png", req)
+    assert main(["restore", str(tmp_path / "crop.png"), "-o", str(tmp_path / "out"), "--model", str(tiny_unet_dir),
+                 "--method", "sdedit", "--strength", "0.4", "--seed", "5", "--faces", "aligned", "--quiet"]) == 0
+    cli = np.asarray(Image.open(tmp_path / "out" / "crop.png"))
+    assert np.abs(cli.astype(int) - result.astype(int)).max() <= 1
+    assert info["seed"] == json.loads((tmp_path / "out" / "restore.json").read_text())["images"]["crop.png"]["seed"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def app_server(tiny_unet_dir, tmp_path):
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    log = open(tmp_path / "app.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "odedit.cli", "app", "--model", str(tiny_unet_dir), "--port", str(port), "--device", "cpu"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"app exited: {(tmp_path / 'app.log').read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise AssertionError("app did not start in 90 s")
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@needs_browser
+def test_app_in_a_real_browser(app_server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(app_server, wait_until="domcontentloaded")
+        page.locator("#restore").wait_for(timeout=60_000)
+
+        # 1. A face photo: restore, wait, fetch the download, check it.
+        page.locator("#upload input[type=file]").set_input_files(str(FACE))
+        page.locator("#upload").get_by_text(FACE.name).first.wait_for(timeout=30_000)
+        page.locator("#restore").click()
+        page.locator("#status").get_by_text("Restored").wait_for(timeout=90_000)
+        href = page.locator("#download a").first.get_attribute("href")
+        assert href
+        url = href if href.startswith("http") else app_server + href
+        body = page.request.get(url).body()
+        out = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+        src = np.asarray(Image.open(FACE).convert("RGB"))
+        assert out.shape == src.shape  # the whole photo comes back at its size
+        assert np.abs(out.astype(int) - src.astype(int)).mean() > 1.0  # and the face was changed
+        commands = page.locator("#commands textarea").input_value()
+        assert commands.startswith("odedit restore face_00234.jpg -o restored") and "--seed 0" in commands
+        shot = tmp_path / "app.png"
+        page.screenshot(path=str(shot), full_page=True)
+        if os.environ.get("ODEDIT_UPDATE_SCREENSHOT"):
+            shutil.copy(shot, Path(__file__).parents[1] / "docs" / "img" / "app.png")
+
+        # 2. A non-image: a clear message in the page, no traceback.
+        bad = tmp_path / "notes.png"
+        bad.write_text("this is not an image")
+        page.locator("#upload button[aria-label='Clear']").first.click()
+        page.locator("#upload input[type=file]").set_input_files(str(bad))
+        page.locator("#upload").get_by_text("notes.png").first.wait_for(timeout=30_000)
+        page.locator("#restore").click()
+        page.locator("#status").get_by_text("not a readable image").wait_for(timeout=30_000)
+        assert "Traceback" not in page.content()
+        browser.close()
