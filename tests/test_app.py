@@ -138,7 +138,7 @@ def test_app_in_a_real_browser(app_server, tmp_path):
         page.locator("#upload input[type=file]").set_input_files(str(FACE))
         page.locator("#upload").get_by_text(FACE.name).first.wait_for(timeout=30_000)
         page.locator("#restore").click()
-        page.locator("#status").get_by_text("Restored").wait_for(timeout=90_000)
+        page.locator("#status").get_by_text("Restored").wait_for(timeout=180_000)
         href = page.locator("#download a").first.get_attribute("href")
         assert href
         url = href if href.startswith("http") else app_server + href

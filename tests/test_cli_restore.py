@@ -174,7 +174,7 @@ def test_output_is_written_atomically(tiny_model, faces, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Image.Image, "save", broken_save)
     out = tmp_path / "out"
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CLIError, match="cannot write .*face0.png: disk full"):
         run_cli([str(faces / "face0.png"), "-o", str(out), "--model", str(tiny_model), *FAST])
     assert not (out / "face0.png").exists()
     assert [p.name for p in out.iterdir() if p.suffix != ".json"] == []

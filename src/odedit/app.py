@@ -141,7 +141,9 @@ class Engine:
                 if progress is not None:
                     progress(done[0], config.nfe)
 
-            out = restorer.restore(uint8_to_unit(crops).to(self.device), generator=gens, callback=tick)
+            out, diverged = restorer.restore_with_status(uint8_to_unit(crops).to(self.device), generator=gens, callback=tick)
+            if bool(diverged.any()):
+                raise ValueError("the restoration diverged (non-finite or far out-of-range values); lower the step size")
             total["calls"] += config.nfe
             return unit_to_uint8(out)
 

@@ -15,14 +15,22 @@ aligned photos) and resized with Lanczos (antialiased) filtering.
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 MAX_PIXELS = 100_000_000  # refuse absurd images (decompression bombs) with a clear error
+MIN_SIDE = 8  # smaller than this is not a photo of a face
+# What Pillow's decoders raise on corrupt data: OSError/SyntaxError/ValueError by design, and
+# the others from plugins reading past a damaged header (found by scripts/fuzz_images.py;
+# regression inputs in tests/data/fuzz/).
+DECODE_ERRORS = (
+    OSError, SyntaxError, ValueError, IndexError, EOFError, KeyError, TypeError, struct.error, ZeroDivisionError,
+)
 
 
 class ImageError(ValueError):
@@ -80,15 +88,30 @@ def pil_to_uint8(img) -> np.ndarray:
 
 
 def load_image_uint8(path: os.PathLike | str) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB. Raises ImageError with the file named."""
+    """Read an image file as (H, W, 3) uint8 RGB. Raises ImageError with the file named.
+
+    Refused, each with its own message: empty files, files Pillow cannot identify, truncated
+    or corrupt data, images over :data:`MAX_PIXELS` (checked from the header, before any
+    pixel is decoded: decompression bombs), images under :data:`MIN_SIDE` pixels a side, and
+    animated images (several frames: which one would be restored is not clear).
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     try:
+        if path.is_file() and path.stat().st_size == 0:
+            raise ImageError(f"{path}: the file is empty")
         with Image.open(path) as img:
             if img.width * img.height > MAX_PIXELS:
                 raise ImageError(
                     f"{path}: image is {img.width}x{img.height}, larger than the {MAX_PIXELS:,}-pixel limit"
+                )
+            if min(img.width, img.height) < MIN_SIDE:
+                raise ImageError(f"{path}: image is {img.width}x{img.height}, smaller than {MIN_SIDE} pixels a side")
+            frames = getattr(img, "n_frames", 1)
+            if frames > 1:
+                raise ImageError(
+                    f"{path}: animated image with {frames} frames; odedit restores still images (extract a frame first)"
                 )
             img.load()
             return pil_to_uint8(img)
@@ -98,10 +121,14 @@ def load_image_uint8(path: os.PathLike | str) -> np.ndarray:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a directory") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError) as err:
-        raise ImageError(f"{path}: not a readable image ({err.__class__.__name__})") from None
-    except OSError as err:
-        raise ImageError(f"{path}: cannot read image ({err})") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied") from None
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"{path}: image is too large to decode safely ({err})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not a readable image (unknown or corrupt format)") from None
+    except DECODE_ERRORS as err:
+        raise ImageError(f"{path}: cannot read image ({err.__class__.__name__}: {err})") from None
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
@@ -195,7 +222,7 @@ def save_png_atomic(path: os.PathLike | str, image: np.ndarray) -> None:
     from PIL import Image
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             Image.fromarray(np.asarray(image, dtype=np.uint8)).save(fh, format="PNG")
@@ -204,6 +231,45 @@ def save_png_atomic(path: os.PathLike | str, image: np.ndarray) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+TMP_SUFFIX = ".png.tmp"
+
+
+def remove_stale_temps(folder: os.PathLike | str) -> list[str]:
+    """Delete temp files that a killed odedit process left in ``folder``.
+
+    Temp names carry the writer's pid (``.<stem>.<pid>.<random>.png.tmp`` from
+    :func:`save_png_atomic`, ``.<name>.tmp-<pid>`` from the JSON writer); only those whose
+    process no longer exists are removed, so a concurrent writer is never disturbed.
+    Returns the removed names.
+    """
+    removed = []
+    for p in Path(folder).iterdir():
+        name = p.name
+        if not name.startswith(".") or not p.is_file():
+            continue
+        pid = None
+        if name.endswith(TMP_SUFFIX):
+            parts = name[1 : -len(TMP_SUFFIX)].split(".")
+            pid = parts[-2] if len(parts) >= 3 else None
+        elif ".tmp-" in name:
+            pid = name.rsplit(".tmp-", 1)[1]
+        if pid is None or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        p.unlink()
+        removed.append(name)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def make_grid(images: np.ndarray, ncols: int, pad: int = 2, fill: int = 255) -> np.ndarray:

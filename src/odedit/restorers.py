@@ -30,6 +30,10 @@ PRESETS = {"light": 100, "medium": 200, "heavy": 300}
 DEFAULT_PRESET = "medium"
 PAPER_STEPS = 100
 PAPER_LEVELS = (0, 25, 50, 75)  # of PAPER_STEPS
+# A decoded image lives in [-1, 1] (model space): a trained prior overshoots a little, an
+# untrained test UNet reaches ~60; diverged runs (e.g. step size 1e3) reach ~1e7. Beyond this
+# bound a result is not an image.
+DIVERGED_ABS = 1e3
 
 
 def scaled_levels(steps: int, levels: Sequence[int] = PAPER_LEVELS, of: int = PAPER_STEPS) -> tuple[int, ...]:
@@ -331,6 +335,18 @@ class _Restorer:
         Returns:
             float tensor like ``images``, values clamped to [0, 1].
         """
+        out, _ = self.restore_with_status(images, generator, callback)
+        return out
+
+    def restore_with_status(
+        self,
+        images: torch.Tensor,
+        generator: GeneratorArg = None,
+        callback: Progress = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`restore`, plus a (B,) bool tensor: True where the restoration diverged
+        (non-finite values, or model-space values beyond +-DIVERGED_ABS before the clamp,
+        e.g. from a far too large step size). Such an image is not a result."""
         single = images.ndim == 3
         x = images.unsqueeze(0) if single else images
         size = self.model.sample_size
@@ -343,8 +359,9 @@ class _Restorer:
         gens = _generators(generator, x.shape[0], device)
         with torch.no_grad():
             out = self._run(x * 2.0 - 1.0, gens, callback)
+        diverged = ~torch.isfinite(out).flatten(1).all(1) | (out.abs().flatten(1).amax(1) > DIVERGED_ABS)
         out = ((out + 1.0) / 2.0).clamp(0.0, 1.0).to(images.dtype)
-        return out[0] if single else out
+        return (out[0], diverged[0]) if single else (out, diverged)
 
 
 @dataclass(eq=False)

@@ -38,11 +38,18 @@ def randn_per_image(
 def restore_seed(base_seed: int, name: str) -> int:
     """Per-image restoration seed from the base seed and the file name (``odedit restore``):
     the same image gets the same noise whatever else is in the batch or the folder."""
-    digest = hashlib.sha256(f"{int(base_seed)}:{name}".encode()).digest()
+    digest = hashlib.sha256(_name_bytes(f"{int(base_seed)}:{name}")).digest()
     return int.from_bytes(digest[:8], "little") >> 2
 
 
 def corrupt_seed(base_seed: int, file_name: str, purpose: str = "corrupt") -> int:
     """A 63-bit corruption seed from the base seed and the output file name (``odedit corrupt``)."""
-    digest = hashlib.sha256(f"odedit-corrupt/{purpose}/{int(base_seed)}/{file_name}".encode()).digest()
+    digest = hashlib.sha256(_name_bytes(f"odedit-corrupt/{purpose}/{int(base_seed)}/{file_name}")).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _name_bytes(text: str) -> bytes:
+    """UTF-8 bytes of a string holding a file name; names that are not valid UTF-8 (kept by
+    Python as lone surrogates) map back to their raw bytes instead of raising. Valid names
+    encode exactly as ``str.encode()``, so their seeds are unchanged."""
+    return text.encode("utf-8", "surrogateescape")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -108,6 +109,12 @@ def add_parser(subparsers) -> None:
     r.add_argument("--fit", choices=("stretch", "crop"), default="stretch", help="how to make aligned crops square")
     r.add_argument("--keep-size", action="store_true", help="resize outputs back to the input size")
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    r.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave inputs whose output already exists (resume an interrupted run; outputs are "
+        "written atomically, so an existing PNG is always complete)",
+    )
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
@@ -152,6 +159,41 @@ def _load_sidecar(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _merge_sidecar(path: Path, ours: dict) -> None:
+    """Merge this run's entries into OUTDIR/restore.json under an exclusive lock on OUTDIR,
+    so that two ``odedit restore`` processes writing into one folder keep each other's entries."""
+    try:
+        with _folder_lock(path.parent):
+            current = _load_sidecar(path)
+            current.setdefault("runs", {}).update(ours["runs"])
+            current.setdefault("images", {}).update(ours["images"])
+            write_json_atomic(path, current)
+    except OSError as err:
+        raise CLIError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+class _folder_lock:
+    """flock on the folder itself (POSIX; leaves no lock file behind). Without fcntl (Windows)
+    there is no cross-process lock: use one process per output folder there."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.fd = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.fd = os.open(self.folder, os.O_RDONLY)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -159,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
 
     from odedit import __version__
     from odedit.imageio import ImageError, fit_square, list_images, load_image_uint8, save_png_atomic
-    from odedit.imageio import uint8_to_unit, unfit_square, unit_to_uint8
+    from odedit.imageio import remove_stale_temps, uint8_to_unit, unfit_square, unit_to_uint8
     from odedit.models import ModelLoadError, load_model, model_identity
     from odedit.faces import cut_faces, paste_faces, uses_detection
     from odedit.restorers import ODEdit, SDEdit
@@ -174,6 +216,9 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ImageError) as err:
         raise CLIError(str(err)) from None
     outdir = prepare_outdir(args.output)
+    stale = remove_stale_temps(outdir)  # left by a killed run; never another live writer's
+    if stale:
+        print(f"removed {len(stale)} temp file(s) of an interrupted run from {outdir}", file=sys.stderr)
     out_names: dict[str, Path] = {}
     failures: list[tuple[str, str]] = []
     jobs: list[tuple[Path, Path]] = []
@@ -184,10 +229,20 @@ def run(args: argparse.Namespace) -> int:
             continue
         out_names[name] = f
         jobs.append((f, outdir / name))
+    if args.overwrite and args.skip_existing:
+        raise CLIError("--overwrite and --skip-existing exclude each other")
+    skipped = 0
+    if args.skip_existing:
+        before = len(jobs)
+        jobs = [(f, o) for f, o in jobs if not o.exists()]
+        skipped = before - len(jobs)
     existing = [str(o) for _, o in jobs if o.exists()]
     if existing and not args.overwrite:
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
-        raise CLIError(f"outputs exist: {', '.join(existing[:3])}{more}; pass --overwrite to replace them")
+        raise CLIError(
+            f"outputs exist: {', '.join(existing[:3])}{more}; pass --overwrite to replace them "
+            "or --skip-existing to resume"
+        )
 
     device = resolve_device(args.device)
     dtype = torch_dtype(args.dtype, device)
@@ -200,9 +255,10 @@ def run(args: argparse.Namespace) -> int:
 
     # 2. Sidecar: settings of this run + per-image seeds, merged with earlier runs' entries.
     sidecar_path = outdir / SIDECAR
-    sidecar = _load_sidecar(sidecar_path)
+    _load_sidecar(sidecar_path)  # an unreadable sidecar stops the run before any work
+    sidecar: dict = {"runs": {}, "images": {}}  # this run's entries; merged into the file on each write
     run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{args.seed}"
-    sidecar.setdefault("runs", {})[run_id] = {
+    sidecar["runs"][run_id] = {
         "odedit_version": __version__,
         "method": args.method,
         "config": config.to_dict(),
@@ -214,13 +270,14 @@ def run(args: argparse.Namespace) -> int:
         "base_seed": args.seed,
         "fit": args.fit,
         "keep_size": args.keep_size,
+        "skipped_existing": skipped,
         "faces": args.faces,
         "max_faces": args.max_faces,
         "min_face_score": args.min_face_score,
         "upsampler": args.upsampler,
         "command": sys.argv,
     }
-    images_meta = sidecar.setdefault("images", {})
+    images_meta = sidecar["images"]
 
     # 3. Restore batch by batch; a bad file is reported and skipped. A whole photo becomes
     #    one crop per detected face; it is written once all its faces are back.
@@ -277,7 +334,10 @@ def run(args: argparse.Namespace) -> int:
                 {**face.to_dict(), "seed": seed, "upsample_factor": factor}
                 for face, seed, factor in zip(item.faces, item.seeds, factors)
             ]
-        save_png_atomic(item.dst, result)
+        try:
+            save_png_atomic(item.dst, result)
+        except OSError as err:  # read-only folder, full disk, ...: every later write would fail too
+            raise CLIError(f"cannot write {item.dst}: {err.strerror or err}") from None
         entry["output_size"] = [int(result.shape[1]), int(result.shape[0])]
         images_meta[item.dst.name] = entry
         counts["no_face" if entry["status"] != "restored" else "restored"] += 1
@@ -289,17 +349,27 @@ def run(args: argparse.Namespace) -> int:
         batch = np.stack([item.crops[k] for item, k in pending])
         gens = [torch.Generator(device=device).manual_seed(item.seeds[k]) for item, k in pending]
         steps = tqdm(total=nfe, desc="model calls", leave=False, disable=not show, file=sys.stderr)
-        out = restorer.restore(uint8_to_unit(batch), generator=gens, callback=steps.update)
+        out, diverged = restorer.restore_with_status(uint8_to_unit(batch), generator=gens, callback=steps.update)
         steps.close()
+        # One host sync per batch, after sampling: a diverged restoration (NaN/inf or far out of
+        # range, e.g. a huge --step-size) is an error for its image, never written as a result.
+        finite = (~diverged).tolist()
         done_items = []
-        for (item, k), result in zip(pending, unit_to_uint8(out)):
+        for (item, k), result, ok in zip(pending, unit_to_uint8(out), finite):
             item.results[k] = result
+            if not ok:
+                item.bad = True
             if k == len(item.crops) - 1:
                 done_items.append(item)
         pending.clear()
         for item in done_items:
+            if item.bad:
+                failures.append((str(item.src), f"{item.src}: the restoration diverged (non-finite or far out-of-range values); "
+                                 "lower --step-size or --temperature"))
+                bar.update(1)
+                continue
             finish(item)
-        write_json_atomic(sidecar_path, sidecar)
+        _merge_sidecar(sidecar_path, sidecar)
 
     if args.faces == "auto" and args.upsampler != "lanczos":
         upsampler()  # a model that cannot load fails now, not after the first restoration
@@ -335,10 +405,11 @@ def run(args: argparse.Namespace) -> int:
     sidecar["runs"][run_id]["no_face"] = sorted(
         e["input"] for e in images_meta.values() if e.get("run") == run_id and e.get("status") != "restored"
     )
-    write_json_atomic(sidecar_path, sidecar)
+    _merge_sidecar(sidecar_path, sidecar)
 
     print(
-        f"restored {counts['restored']} image(s) into {outdir} ({args.method}, {nfe} model calls per face)",
+        f"restored {counts['restored']} image(s) into {outdir} ({args.method}, {nfe} model calls per face)"
+        + (f"; {skipped} already done, skipped" if skipped else ""),
         file=sys.stderr,
     )
     if counts["no_face"]:
@@ -364,6 +435,7 @@ class _Item:
     crops: list = field(default_factory=list)
     seeds: list = field(default_factory=list)
     results: list = field(default_factory=list)
+    bad: bool = False  # a crop's restoration diverged
 
 
 def face_seed(base_seed: int, name: str, index: int) -> int:
