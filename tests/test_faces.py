@@ -259,3 +259,18 @@ def test_paste_faces_tops_up_a_fixed_factor_upsampler_with_lanczos(monkeypatch):
     out, factors = paste_faces(photo, [face], [np.full((16, 16, 3), 200, np.uint8)], DiffusersUpsampler(pipe))
     assert factors == [f] and len(pipe.calls) == 1 and seen == [(16 * f, 16 * f, 3)]
     assert out[90, 80, 0] == 200 and out[250, 250, 0] == 100  # frame centre; outside the frame
+
+
+@needs_detector
+def test_detector_retries_on_a_smoothed_copy_of_a_noisy_photo():
+    from odedit.corruptions import corrupt
+    from odedit.detect import FaceDetector
+
+    clean = np.asarray(Image.open(FACE).convert("RGB").resize((384, 384), Image.LANCZOS))
+    noisy = corrupt(clean, "gaussian_noise", 4, np.random.default_rng(0))
+    with FaceDetector() as det:
+        assert det._detect_once(noisy) == []  # BlazeFace alone misses it
+        (found,) = det.detect(noisy)
+        (ref,) = det.detect(clean)
+    assert found.smoothed and not ref.smoothed
+    assert np.abs(found.keypoints[:4] - ref.keypoints[:4]).max() < 15  # px of 384

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
 
 KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear", "left_ear")
 MEDIAPIPE_VERSION = "0.10.14"
+SMOOTH_RADIUS = 2.0  # px, Gaussian blur of the retry on noisy photos
+# Scores on the smoothed retry: real faces under gaussian noise severity 3-5 scored 0.76-0.95
+# (8 portraits); smoothed uniform noise once scored 0.57. The retry keeps scores >= this.
+RETRY_MIN_SCORE = 0.7
 INSTALL_HINT = "pip install 'odedit[faces]'  (mediapipe==0.10.14, which bundles the detector offline)"
 
 
@@ -40,10 +44,12 @@ class Detection:
     score: float
     box: tuple[float, float, float, float]
     keypoints: np.ndarray
+    smoothed: bool = False  # found on the smoothed retry (see FaceDetector.detect)
 
     def to_dict(self) -> dict:
         return {
             "score": round(float(self.score), 4),
+            "found_on": "smoothed copy" if self.smoothed else "photo",
             "box": [round(float(v), 2) for v in self.box],
             "keypoints": {n: [round(float(x), 2), round(float(y), 2)] for n, (x, y) in zip(KEYPOINT_NAMES, self.keypoints)},
         }
@@ -83,10 +89,28 @@ class FaceDetector:
         self._models = [fd.FaceDetection(model_selection=sel, min_detection_confidence=self.min_score) for sel in (0, 1)]
 
     def detect(self, image: np.ndarray, max_faces: Optional[int] = None) -> list[Detection]:
-        """Faces in an (H, W, 3) uint8 RGB photo, best score first, at most ``max_faces``."""
+        """Faces in an (H, W, 3) uint8 RGB photo, best score first, at most ``max_faces``.
+
+        BlazeFace misses faces under heavy pixel noise (measured on 8 CelebA-HQ portraits at
+        384 px: gaussian_noise severity 3 -> 0 of 8 found). When nothing is found, detection is
+        retried once on a Gaussian-smoothed copy (radius SMOOTH_RADIUS px), which finds all 8 at
+        gaussian/shot noise severity 3-4 and impulse noise 3; the keypoints keep their places.
+        The retry keeps only scores >= RETRY_MIN_SCORE.
+        """
         image = np.ascontiguousarray(image, dtype=np.uint8)
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape}")
+        found = self._detect_once(image)
+        if not found:
+            from PIL import Image, ImageFilter
+
+            smooth = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(SMOOTH_RADIUS)))
+            floor = max(self.min_score, RETRY_MIN_SCORE)  # smoothing can turn noise into a weak "face"
+            found = [replace(d, smoothed=True) for d in self._detect_once(smooth) if d.score >= floor]
+        kept = merge_detections(found)
+        return kept if max_faces is None else kept[:max_faces]
+
+    def _detect_once(self, image: np.ndarray) -> list[Detection]:
         h, w = image.shape[:2]
         found: list[Detection] = []
         for model in self._models:
@@ -99,8 +123,7 @@ class FaceDetector:
                     continue  # not the six-keypoint BlazeFace output
                 box = (bb.xmin * w, bb.ymin * h, (bb.xmin + bb.width) * w, (bb.ymin + bb.height) * h)
                 found.append(Detection(float(det.score[0]), tuple(float(v) for v in box), kps))
-        kept = merge_detections(found)
-        return kept if max_faces is None else kept[:max_faces]
+        return found
 
     def close(self) -> None:
         for model in self._models:
