@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -257,7 +258,8 @@ def run(args: argparse.Namespace) -> int:
     sidecar_path = outdir / SIDECAR
     _load_sidecar(sidecar_path)  # an unreadable sidecar stops the run before any work
     sidecar: dict = {"runs": {}, "images": {}}  # this run's entries; merged into the file on each write
-    run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{args.seed}"
+    # a random tag: two runs (processes or calls) may start in the same second with the same seed
+    run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{args.seed}-{secrets.token_hex(3)}"
     sidecar["runs"][run_id] = {
         "odedit_version": __version__,
         "method": args.method,
