@@ -118,7 +118,8 @@ class Engine:
         from odedit.faces import restore_photo, uses_detection
         from odedit.imageio import uint8_to_unit, unit_to_uint8
         from odedit.restorers import ODEdit, SDEdit
-        from odedit.rng import corrupt_seed, restore_seed
+        from odedit.cli.restore import face_seed
+        from odedit.rng import corrupt_seed
 
         config = req.config()
         before = image
@@ -130,7 +131,6 @@ class Engine:
         restorer = (ODEdit if req.method == "odedit" else SDEdit)(self.model, config)
         detecting = uses_detection(req.faces, before.shape, self.size)
         detector = self.detector() if detecting else None
-        total = {"calls": 0}
 
         def restore_batch(crops, seeds):
             gens = [self._torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
@@ -144,11 +144,10 @@ class Engine:
             out, diverged = restorer.restore_with_status(uint8_to_unit(crops).to(self.device), generator=gens, callback=tick)
             if bool(diverged.any()):
                 raise ValueError("the restoration diverged (non-finite or far out-of-range values); lower the step size")
-            total["calls"] += config.nfe
             return unit_to_uint8(out)
 
         def seeds(i):
-            return restore_seed(req.seed, restore_name if i == 0 else f"{restore_name}#face{i}")
+            return face_seed(req.seed, restore_name, i)  # the CLI's rule, so its commands reproduce this
 
         with self._lock:
             result, info = restore_photo(before, restore_batch, self.size, seeds, faces_mode=req.faces, detector=detector)
