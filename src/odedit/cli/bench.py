@@ -98,7 +98,13 @@ def add_parser(subparsers) -> None:
         help="ODEdit presets, each a method: light,medium,heavy = 100/200/300 Langevin updates (default medium)",
     )
     m.add_argument(
-        "--steps", type=ranged(int, 1, 1000), default=None, help="DDIM steps N of both methods (default 100)"
+        "--steps", type=ranged(int, 1, 1000), default=None,
+        help="ODE steps N of both methods (default 100; SDEdit's unless --sdedit-steps)",
+    )
+    m.add_argument(
+        "--sdedit-steps", type=ranged(int, 1, 1000), default=None, metavar="N",
+        help="SDEdit's grid size when it should differ from --steps (e.g. a 20-step ODEdit solver "
+        "against SDEdit on the paper's 100-step grid)",
     )
     m.add_argument(
         "--step-size",
@@ -188,7 +194,7 @@ def build_methods_from_args(args: argparse.Namespace):
         odedit_overrides=overrides,
         step_sizes=args.step_size,
         strengths=args.strengths,
-        sdedit_steps=args.steps,
+        sdedit_steps=args.sdedit_steps or args.steps,
         eta=args.eta,
         ablations=args.ablations,
         match_nfe=args.match_nfe,
