@@ -1,0 +1,305 @@
+"""The methods ``odedit bench`` evaluates: :class:`MethodSpec` (kind, config, best-of-N
+oracle), the naming rules that make a method's name encode its settings
+(:func:`odedit_method_name`, :func:`sdedit_method_name`), SDEdit with a given number of
+model calls (:func:`sdedit_nfe_matched`), and the ordered, de-duplicated list of methods
+of a run (:func:`build_methods`, with the standard :func:`ablation_methods`). It depends
+only on :mod:`odedit.restorers` and on :mod:`odedit.bench.records` for BenchError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
+
+from odedit.bench.records import BenchError
+from odedit.restorers import PAPER_STEPS, PRESETS, ODEditConfig, SDEditConfig, scaled_levels
+
+METHOD_KINDS = ("source", "odedit", "sdedit")
+ABLATION_STEP_SIZES = (1e-6, 1e-5, 1e-4)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One evaluated method.
+
+    Attributes:
+        name: unique, used for folders and tables (e.g. ``odedit-light-eps1e-05``).
+        kind: ``source`` (the degraded image itself), ``odedit`` or ``sdedit``.
+        config: ODEditConfig / SDEditConfig (None for source).
+        best_of: > 1 = oracle: N samples, the one with the best PSNR against the clean
+            image is kept (uses the ground truth; labelled as such everywhere).
+        preset: the ODEdit preset the config derives from.
+        note: shown in the summary.
+        ablation: part of the ``--ablations`` set.
+    """
+
+    name: str
+    kind: str
+    config: object = None
+    best_of: int = 1
+    preset: Optional[str] = None
+    note: str = ""
+    ablation: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in METHOD_KINDS:
+            raise ValueError(f"unknown method kind {self.kind!r}; expected one of {METHOD_KINDS}")
+        if self.kind == "odedit" and not isinstance(self.config, ODEditConfig):
+            raise TypeError("an odedit method needs an ODEditConfig")
+        if self.kind == "sdedit" and not isinstance(self.config, SDEditConfig):
+            raise TypeError("an sdedit method needs an SDEditConfig")
+        if int(self.best_of) < 1:
+            raise ValueError(f"best_of must be >= 1, got {self.best_of}")
+
+    @property
+    def nfe(self) -> int:
+        """Model calls per image (all samples of a best-of-N method)."""
+        return 0 if self.config is None else int(self.config.nfe) * int(self.best_of)
+
+    @property
+    def stochastic(self) -> bool:
+        if self.kind == "sdedit":
+            return True
+        if self.kind == "odedit":
+            c = self.config
+            return c.total_langevin_steps > 0 and c.temperature > 0 and c.step_size > 0
+        return False
+
+    @property
+    def oracle(self) -> bool:
+        return self.best_of > 1
+
+    def identity(self) -> dict:
+        """What defines the method's results (compared when resuming)."""
+        return {
+            "kind": self.kind,
+            "config": None if self.config is None else self.config.to_dict(),
+            "best_of": int(self.best_of),
+        }
+
+    def to_dict(self) -> dict:
+        return {**self.identity(), "nfe": self.nfe, "preset": self.preset, "note": self.note,
+                "ablation": self.ablation, "oracle": self.oracle}
+
+
+def _g(v: float) -> str:
+    return f"{v:g}"
+
+
+def _canonical_nolangevin(cfg: ODEditConfig) -> ODEditConfig:
+    """Without Langevin, levels/step size/temperature do not matter: fix them."""
+    d = ODEditConfig()
+    return replace(cfg, levels=(0,), langevin_steps=0, step_size=d.step_size, temperature=d.temperature)
+
+
+def odedit_method_name(preset: str, cfg: ODEditConfig) -> str:
+    """``odedit-<preset>`` plus one suffix per setting that differs from the preset's.
+
+    Suffixes (in this order): ``steps<N>`` (grid size != 100), ``top<L>`` (inversion
+    level), ``lv<a-b-..>`` (Langevin levels != the paper's levels scaled to the grid),
+    ``k<K>`` (updates per level != preset total / number of levels), ``eps<e>``,
+    ``T<t>``, ``clip`` (x0 clipping in inversion), ``thr<p>`` (decode thresholding),
+    ``dpmpp2m`` (solver), ``fp<J>`` (fixed-point inversion iterations).
+    Without Langevin (K = 0) the name is ``odedit-nolangevin`` (+ the grid suffixes).
+    """
+    ref = ODEditConfig.from_preset(preset, steps=cfg.steps)
+    parts = []
+    if cfg.total_langevin_steps == 0:
+        parts.append("odedit-nolangevin")
+    else:
+        parts.append(f"odedit-{preset}")
+    if cfg.steps != PAPER_STEPS:
+        parts.append(f"steps{cfg.steps}")
+    if cfg.invert_to is not None and cfg.invert_to != cfg.steps - 1:
+        parts.append(f"top{cfg.invert_to}")
+    if cfg.total_langevin_steps > 0:
+        if tuple(cfg.levels) != tuple(scaled_levels(cfg.steps)):
+            parts.append("lv" + "-".join(str(lv) for lv in cfg.levels))
+        if cfg.langevin_steps != PRESETS[preset] // len(cfg.levels):
+            parts.append(f"k{cfg.langevin_steps}")
+        if cfg.step_size != ref.step_size:
+            parts.append(f"eps{_g(cfg.step_size)}")
+        if cfg.temperature != ref.temperature:
+            parts.append(f"T{_g(cfg.temperature)}")
+    if cfg.clip_inversion_x0:
+        parts.append("clip")
+    if cfg.decode_threshold:
+        parts.append(f"thr{_g(cfg.decode_threshold)}")
+    if cfg.solver != "ddim":
+        parts.append(cfg.solver.replace("+", "p"))  # dpm++2m -> dpmpp2m (file-name safe)
+    if cfg.inversion_iters:
+        parts.append(f"fp{cfg.inversion_iters}")
+    return "-".join(parts)
+
+
+def sdedit_method_name(cfg: SDEditConfig, matched: bool = False) -> str:
+    """``sdedit-<strength>`` (+ ``steps<N>`` if != 100, ``eta<e>`` if != 1); an
+    NFE-matched variant is ``sdedit-<strength>-nfe<NFE>`` (its steps follow from the NFE)."""
+    parts = [f"sdedit-{_g(cfg.strength)}"]
+    if matched:
+        parts.append(f"nfe{cfg.nfe}")
+    elif cfg.steps != PAPER_STEPS:
+        parts.append(f"steps{cfg.steps}")
+    if cfg.eta != 1.0:
+        parts.append(f"eta{_g(cfg.eta)}")
+    return "-".join(parts)
+
+
+def sdedit_nfe_matched(nfe: int, strength: float, eta: float = 1.0,
+                       num_train_timesteps: int = 1000) -> SDEditConfig:
+    """SDEdit at ``strength`` (same start t0 as the plain method) with ``nfe`` model calls.
+
+    The reverse path is ``nfe`` evenly spaced timesteps from t0 to 0 (``SDEditConfig.calls``),
+    capped at t0 + 1 calls (every timestep once): e.g. strength 0.3 starts at t0 = 290 and
+    can make at most 291 calls.
+    """
+    if nfe < 1:
+        raise ValueError(f"nfe must be >= 1, got {nfe}")
+    plain = SDEditConfig(strength=strength, eta=eta)
+    t0 = sdedit_start_timestep(plain, num_train_timesteps)
+    return replace(plain, calls=min(int(nfe), t0 + 1))
+
+
+def sdedit_start_timestep(cfg: SDEditConfig, num_train_timesteps: int = 1000) -> int:
+    """The training timestep SDEdit starts from (its effective noise level)."""
+    return cfg.timesteps(num_train_timesteps)[0]
+
+
+def _odedit_config(preset: str, overrides: dict) -> ODEditConfig:
+    cfg = ODEditConfig.from_preset(preset, **overrides)
+    return _canonical_nolangevin(cfg) if cfg.total_langevin_steps == 0 else cfg
+
+
+def _add(out: dict, spec: MethodSpec) -> None:
+    old = out.get(spec.name)
+    if old is None:
+        out[spec.name] = spec
+    elif old.identity() != spec.identity():  # pragma: no cover - names encode the settings
+        raise BenchError(f"two different methods would be named {spec.name!r}")
+
+
+def ablation_methods(
+    preset: str,
+    overrides: dict,
+    strengths: Sequence[float],
+    eta: float = 1.0,
+) -> list[MethodSpec]:
+    """The standard ablation set around ODEdit ``preset`` (with ``overrides``):
+
+    - no Langevin (``odedit-nolangevin``: invert then decode, K = 0);
+    - Langevin only at the lowest level (levels = (0,), same total updates);
+    - all four levels = the base method itself;
+    - step sizes 1e-6 / 1e-5 / 1e-4;
+    - x0 clipping in inversion toggled;
+    - SDEdit at each strength with the base's NFE (:func:`sdedit_nfe_matched`).
+    """
+    base = _odedit_config(preset, overrides)
+    out: dict[str, MethodSpec] = {}
+
+    def od(cfg: ODEditConfig, note: str) -> None:
+        cfg = _canonical_nolangevin(cfg) if cfg.total_langevin_steps == 0 else cfg
+        _add(out, MethodSpec(odedit_method_name(preset, cfg), "odedit", cfg, preset=preset, note=note, ablation=True))
+
+    od(base, "ablation base: Langevin at all levels")
+    od(replace(base, langevin_steps=0), "ablation: invert then decode, no Langevin")
+    lv0 = {**overrides, "levels": (0,), "langevin_steps": base.total_langevin_steps}
+    od(_odedit_config(preset, lv0), "ablation: Langevin only at the lowest level (same total updates)")
+    for eps in ABLATION_STEP_SIZES:
+        od(replace(base, step_size=eps), f"ablation: step size {_g(eps)}")
+    od(replace(base, clip_inversion_x0=not base.clip_inversion_x0),
+       f"ablation: x0 clipping in inversion {'on' if not base.clip_inversion_x0 else 'off'}")
+    base_name = odedit_method_name(preset, base)
+    for s in strengths:
+        cfg = sdedit_nfe_matched(base.nfe, s, eta)
+        t0 = sdedit_start_timestep(cfg)
+        note = f"NFE matched to {base_name} ({base.nfe}): NFE={cfg.nfe}, starts at t0={t0}"
+        if cfg.nfe != base.nfe:
+            note += f" (capped at t0 + 1 = {t0 + 1} calls)"
+        _add(out, MethodSpec(sdedit_method_name(cfg, matched=True), "sdedit", cfg, note=note, ablation=True))
+    return list(out.values())
+
+
+def build_methods(
+    methods: Sequence[str] = METHOD_KINDS,
+    presets: Sequence[str] = ("medium",),
+    odedit_overrides: Optional[dict] = None,
+    step_sizes: Optional[Sequence[float]] = None,
+    strengths: Sequence[float] = (0.5,),
+    sdedit_steps: Optional[int] = None,
+    eta: float = 1.0,
+    ablations: bool = False,
+    match_nfe: bool = False,
+    best_of: int = 1,
+) -> list[MethodSpec]:
+    """The ordered, de-duplicated list of methods a benchmark evaluates.
+
+    Args:
+        methods: kinds to run: ``source``, ``odedit``, ``sdedit``.
+        presets: ODEdit presets; each with every value of ``step_sizes`` (None = default).
+        odedit_overrides: ODEditConfig.from_preset overrides (steps, levels,
+            langevin_steps, temperature, invert_to, clip_inversion_x0, decode_threshold).
+        strengths: SDEdit strengths, each its own method.
+        sdedit_steps: SDEdit grid size (default 100).
+        ablations: add :func:`ablation_methods` of the first preset.
+        match_nfe: add SDEdit at each strength with the NFE of each ODEdit preset.
+        best_of: N > 1 adds an oracle variant (best PSNR of N against the clean image)
+            of each stochastic method from presets/strengths (not of the ablations).
+    """
+    kinds = list(dict.fromkeys(methods))
+    bad = [k for k in kinds if k not in METHOD_KINDS]
+    if bad:
+        raise BenchError(f"unknown method(s) {', '.join(bad)}; expected a subset of {','.join(METHOD_KINDS)}")
+    if not kinds and not ablations:
+        raise BenchError("no methods to evaluate")
+    presets = list(dict.fromkeys(presets or ["medium"]))
+    for p in presets:
+        if p not in PRESETS:
+            raise BenchError(f"unknown preset {p!r}; expected one of {', '.join(PRESETS)}")
+    overrides = {k: v for k, v in (odedit_overrides or {}).items() if v is not None and k != "step_size"}
+    sizes = list(dict.fromkeys(step_sizes)) if step_sizes else [None]
+    strengths = list(dict.fromkeys(float(s) for s in strengths))
+    if not strengths and ("sdedit" in kinds or ablations or match_nfe):
+        raise BenchError("no SDEdit strengths given")
+    out: dict[str, MethodSpec] = {}
+    main: list[str] = []
+    try:
+        if "source" in kinds:
+            _add(out, MethodSpec("source", "source", note="the degraded image itself"))
+        if "odedit" in kinds:
+            for p in presets:
+                for eps in sizes:
+                    cfg = _odedit_config(p, {**overrides, "step_size": eps})
+                    spec = MethodSpec(odedit_method_name(p, cfg), "odedit", cfg, preset=p)
+                    _add(out, spec)
+                    main.append(spec.name)
+        if "sdedit" in kinds:
+            for s in strengths:
+                cfg = SDEditConfig(steps=sdedit_steps or PAPER_STEPS, strength=s, eta=eta)
+                spec = MethodSpec(sdedit_method_name(cfg), "sdedit", cfg)
+                _add(out, spec)
+                main.append(spec.name)
+        if ablations:
+            eps0 = sizes[0]
+            for spec in ablation_methods(presets[0], {**overrides, "step_size": eps0}, strengths, eta):
+                _add(out, spec)
+        if match_nfe:
+            for p in presets:
+                base = _odedit_config(p, {**overrides, "step_size": sizes[0]})
+                for s in strengths:
+                    cfg = sdedit_nfe_matched(base.nfe, s, eta)
+                    note = (f"NFE matched to {odedit_method_name(p, base)} ({base.nfe}): "
+                            f"NFE={cfg.nfe}, starts at t0={sdedit_start_timestep(cfg)}")
+                    _add(out, MethodSpec(sdedit_method_name(cfg, matched=True), "sdedit", cfg, note=note))
+        if best_of > 1:
+            for name in main:
+                spec = out[name]
+                if spec.stochastic:
+                    _add(out, replace(
+                        spec, name=f"{name}-oracle-best{best_of}", best_of=int(best_of),
+                        note=f"oracle: best PSNR of {best_of} against the clean image",
+                    ))
+    except (ValueError, TypeError) as err:
+        if isinstance(err, BenchError):
+            raise
+        raise BenchError(str(err)) from None
+    return list(out.values())
