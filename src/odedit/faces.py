@@ -102,6 +102,94 @@ def paste_faces(
     return out, factors
 
 
+@dataclass
+class PhotoJob:
+    """A photo cut into model-sized crops, waiting for their restorations.
+
+    Attributes:
+        photo: (H, W, 3) uint8, the input as read.
+        crops: (size, size, 3) uint8 each; one per detected face, or the one fitted crop.
+        seeds: one restoration seed per crop.
+        faces: the detected faces (possibly none), or None for an aligned crop.
+    """
+
+    photo: np.ndarray
+    crops: list
+    seeds: list
+    faces: Optional[list] = None
+
+    @property
+    def mode(self) -> str:
+        return "aligned" if self.faces is None else "faces"
+
+
+def plan_photo(
+    photo: np.ndarray,
+    size: int,
+    seeds,
+    *,
+    faces_mode: str = "auto",
+    detector=None,
+    max_faces: Optional[int] = 10,
+    fit: str = "stretch",
+) -> PhotoJob:
+    """Step 1 of the pipeline: the crops to restore (detect + align, or fit an aligned crop).
+
+    Args:
+        photo: (H, W, 3) uint8.
+        seeds: ``f(crop_index) -> int``.
+        detector: a :class:`odedit.detect.FaceDetector`, needed when detection is used.
+    """
+    from odedit.imageio import fit_square
+
+    if not uses_detection(faces_mode, photo.shape, size):
+        return PhotoJob(photo, [fit_square(photo, size, fit)], [seeds(0)], None)
+    if detector is None:
+        raise ValueError("faces_mode 'auto' on a whole photo needs a detector")
+    faces = cut_faces(photo, detector.detect(photo, max_faces=max_faces), size)
+    return PhotoJob(photo, [f.crop for f in faces], [seeds(i) for i in range(len(faces))], faces)
+
+
+def finish_photo(
+    job: PhotoJob,
+    restored: Sequence[np.ndarray],
+    upsampler=None,
+    *,
+    keep_size: bool = False,
+    fit: str = "stretch",
+) -> tuple[np.ndarray, dict]:
+    """Step 3 of the pipeline: the output image and what happened to it.
+
+    Args:
+        restored: (size, size, 3) uint8 per crop of ``job``, in order.
+        upsampler: an :class:`Upsampler`, or a callable returning one (called only when a face
+            is pasted, so a detector-only run never loads an upsampling model); None = Lanczos.
+        keep_size: an aligned crop goes back to the input's own size (``unfit_square``).
+    Returns:
+        (result, info): the whole photo with the faces pasted back (the photo unchanged when
+        none was found: ``info['status'] == 'no_face_copied_unchanged'``), or the restored crop.
+    """
+    if len(restored) != len(job.crops):
+        raise ValueError(f"{len(job.crops)} crops but {len(restored)} restorations")
+    if job.faces is None:
+        result = np.asarray(restored[0], dtype=np.uint8)
+        if keep_size:
+            from odedit.imageio import unfit_square
+
+            result = unfit_square(result, job.photo, fit)
+        return result, {"mode": "aligned", "status": "restored", "seed": job.seeds[0]}
+    if not job.faces:
+        return np.asarray(job.photo, dtype=np.uint8).copy(), {"mode": "faces", "status": "no_face_copied_unchanged", "faces": []}
+    up = upsampler if upsampler is None or hasattr(upsampler, "upsample") else upsampler()
+    result, factors = paste_faces(job.photo, job.faces, list(restored), up)
+    info = {
+        "mode": "faces",
+        "status": "restored",
+        "faces": [{**f.to_dict(), "seed": s, "upsample_factor": k} for f, s, k in zip(job.faces, job.seeds, factors)],
+    }
+    return result, info
+
+
 def restore_photo(
     photo: np.ndarray,
     restore_batch,
@@ -114,7 +202,9 @@ def restore_photo(
     upsampler: Optional[Upsampler] = None,
     fit: str = "stretch",
 ) -> tuple[np.ndarray, dict]:
-    """One photo through the whole pipeline (the web app's path; the CLI batches across files).
+    """One photo through the whole pipeline: :func:`plan_photo`, restore, :func:`finish_photo`.
+
+    The web app's path; the CLI runs the same two steps but batches crops across files.
 
     Args:
         photo: (H, W, 3) uint8.
@@ -122,27 +212,8 @@ def restore_photo(
         seeds: ``f(face_index) -> int``.
         detector: a :class:`odedit.detect.FaceDetector`, needed when detection is used.
     Returns:
-        (result, info): the whole photo at its own size for detected faces (or the photo
-        unchanged when none is found, ``info['status'] == 'no_face_copied_unchanged'``), the
-        model-sized restoration for an aligned crop.
+        (result, info) as :func:`finish_photo`.
     """
-    from odedit.imageio import fit_square
-
-    if not uses_detection(faces_mode, photo.shape, size):
-        crop = fit_square(photo, size, fit)
-        (out,) = restore_batch(crop[None], [seeds(0)])
-        return out, {"mode": "aligned", "status": "restored", "seed": seeds(0)}
-    if detector is None:
-        raise ValueError("faces_mode 'auto' on a whole photo needs a detector")
-    faces = cut_faces(photo, detector.detect(photo, max_faces=max_faces), size)
-    if not faces:
-        return np.asarray(photo, dtype=np.uint8).copy(), {"mode": "faces", "status": "no_face_copied_unchanged", "faces": []}
-    face_seeds = [seeds(i) for i in range(len(faces))]
-    restored = restore_batch(np.stack([f.crop for f in faces]), face_seeds)
-    result, factors = paste_faces(photo, faces, list(restored), upsampler)
-    info = {
-        "mode": "faces",
-        "status": "restored",
-        "faces": [{**f.to_dict(), "seed": s, "upsample_factor": k} for f, s, k in zip(faces, face_seeds, factors)],
-    }
-    return result, info
+    job = plan_photo(photo, size, seeds, faces_mode=faces_mode, detector=detector, max_faces=max_faces, fit=fit)
+    restored = list(restore_batch(np.stack(job.crops), job.seeds)) if job.crops else []
+    return finish_photo(job, restored, upsampler, fit=fit)

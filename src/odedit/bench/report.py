@@ -37,10 +37,10 @@ from odedit.bench.records import (
     write_manifest,
 )
 
-# SWD settings (Karras et al. 2018 defaults) and the seeds of its three random streams.
 PSNR_CAP = 100.0  # dB: an image identical to its clean image (PSNR = inf) counts as this in means
 SWD_CACHE_DIR = "_swd"  # records/_swd/<hash>.json: SWD values by content (see aggregate)
 SWD_CACHE_VERSION = 1  # bump when the SWD computation changes
+# SWD settings (Karras et al. 2018 defaults)
 SWD_SETTINGS = {"descriptors_per_image": 128, "patch_size": 7, "dirs": 128, "repeats": 4, "min_resolution": 16}
 
 

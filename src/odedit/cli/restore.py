@@ -9,7 +9,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from odedit.cli.common import (
     CLIError,
@@ -201,10 +200,10 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from odedit import __version__
-    from odedit.imageio import ImageError, fit_square, list_images, load_image_uint8, save_png_atomic
-    from odedit.imageio import remove_stale_temps, uint8_to_unit, unfit_square, unit_to_uint8
+    from odedit.imageio import ImageError, list_images, load_image_uint8, save_png_atomic
+    from odedit.imageio import remove_stale_temps, uint8_to_unit, unit_to_uint8
     from odedit.models import ModelLoadError, load_model, model_identity
-    from odedit.faces import cut_faces, paste_faces, uses_detection
+    from odedit.faces import finish_photo, plan_photo, uses_detection
     from odedit.restorers import ODEdit, SDEdit
 
     # 1. Validate everything cheap before loading the model.
@@ -311,31 +310,18 @@ def run(args: argparse.Namespace) -> int:
         return tools["upsampler"]
 
     def finish(item: "_Item") -> None:
+        result, info = finish_photo(item.job, item.results, upsampler, keep_size=args.keep_size, fit=args.fit)
         entry = {
             "input": str(item.src),
-            "seed": item.seeds[0] if item.seeds else image_seed(args.seed, item.src.name),
+            "seed": item.job.seeds[0] if item.job.seeds else image_seed(args.seed, item.src.name),
             "run": run_id,
-            "input_size": [int(item.original.shape[1]), int(item.original.shape[0])],
+            "input_size": [int(item.job.photo.shape[1]), int(item.job.photo.shape[0])],
+            "mode": info["mode"],
+            "status": info["status"],
         }
-        if item.faces is None:  # an aligned crop
-            result = item.results[0]
-            if args.keep_size:
-                result = unfit_square(result, item.original, args.fit)
-            entry["mode"] = "aligned"
-            entry["status"] = "restored"
-        elif not item.faces:
-            result = item.original
-            entry["mode"] = "faces"
-            entry["status"] = "no_face_copied_unchanged"
-        else:
-            result, factors = paste_faces(item.original, item.faces, item.results, upsampler())
-            entry["mode"] = "faces"
-            entry["status"] = "restored"
+        if info["mode"] == "faces" and info["faces"]:
             entry["upsampler"] = getattr(tools["upsampler"], "name", args.upsampler)
-            entry["faces"] = [
-                {**face.to_dict(), "seed": seed, "upsample_factor": factor}
-                for face, seed, factor in zip(item.faces, item.seeds, factors)
-            ]
+            entry["faces"] = info["faces"]
         try:
             save_png_atomic(item.dst, result)
         except OSError as err:  # read-only folder, full disk, ...: every later write would fail too
@@ -348,8 +334,8 @@ def run(args: argparse.Namespace) -> int:
     def flush() -> None:
         if not pending:
             return
-        batch = np.stack([item.crops[k] for item, k in pending])
-        gens = [torch.Generator(device=device).manual_seed(item.seeds[k]) for item, k in pending]
+        batch = np.stack([item.job.crops[k] for item, k in pending])
+        gens = [torch.Generator(device=device).manual_seed(item.job.seeds[k]) for item, k in pending]
         steps = tqdm(total=nfe, desc="model calls", leave=False, disable=not show, file=sys.stderr)
         out, diverged = restorer.restore_with_status(uint8_to_unit(batch), generator=gens, callback=steps.update)
         steps.close()
@@ -361,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
             item.results[k] = result
             if not ok:
                 item.bad = True
-            if k == len(item.crops) - 1:
+            if k == len(item.job.crops) - 1:
                 done_items.append(item)
         pending.clear()
         for item in done_items:
@@ -382,20 +368,15 @@ def run(args: argparse.Namespace) -> int:
             failures.append((str(src), str(err)))
             bar.update(1)
             continue
-        item = _Item(src=src, dst=dst, original=image)
-        if uses_detection(args.faces, image.shape, size):
-            detections = detector().detect(image, max_faces=args.max_faces)
-            item.faces = cut_faces(image, detections, size)
-            item.crops = [f.crop for f in item.faces]
-            item.seeds = [face_seed(args.seed, src.name, i) for i in range(len(item.faces))]
-            if not item.faces:
-                finish(item)
-                continue
-        else:
-            item.crops = [fit_square(image, size, args.fit)]
-            item.seeds = [image_seed(args.seed, src.name)]
-        item.results = [None] * len(item.crops)
-        for k in range(len(item.crops)):
+        seeds = (lambda i, name=src.name: face_seed(args.seed, name, i))
+        job = plan_photo(image, size, seeds, faces_mode=args.faces,
+                         detector=detector() if uses_detection(args.faces, image.shape, size) else None,
+                         max_faces=args.max_faces, fit=args.fit)
+        item = _Item(src=src, dst=dst, job=job, results=[None] * len(job.crops))
+        if not job.crops:  # a photo without a detected face
+            finish(item)
+            continue
+        for k in range(len(job.crops)):
             pending.append((item, k))
             if len(pending) == args.batch_size:
                 flush()
@@ -432,11 +413,8 @@ class _Item:
 
     src: Path
     dst: Path
-    original: "object"  # (H, W, 3) uint8
-    faces: Optional[list] = None  # AlignedFace list in faces mode, None for an aligned crop
-    crops: list = field(default_factory=list)
-    seeds: list = field(default_factory=list)
-    results: list = field(default_factory=list)
+    job: "object"  # odedit.faces.PhotoJob: the crops, their seeds and the detected faces
+    results: list = field(default_factory=list)  # restored crops, filled by flush()
     bad: bool = False  # a crop's restoration diverged
 
 
