@@ -498,3 +498,16 @@ def test_sdedit_nfe_matched_hits_the_nfe_and_keeps_t0():
             assert path[0] == plain_t0
             assert cfg.nfe == len(path) == min(nfe, plain_t0 + 1)
             assert all(a > b for a, b in zip(path, path[1:])) and path[-1] == (0 if nfe > 1 else plain_t0)
+
+
+def test_sdedit_steps_flag_keeps_sdedit_on_its_own_grid():
+    from odedit.cli.bench import build_methods_from_args
+
+    args = parse(["--data", "x", "-o", "y", "--steps", "20", "--solver", "dpm++2m", "--sdedit-steps", "100",
+                  "--presets", "light", "--strengths", "0.5"])
+    methods = {m.name: m for m in build_methods_from_args(args)}
+    assert methods["odedit-light-steps20-dpmpp2m"].config.steps == 20
+    assert methods["sdedit-0.5"].config.steps == 100 and methods["sdedit-0.5"].nfe == 50
+    # without it, --steps is both methods' grid (the old behaviour)
+    args = parse(["--data", "x", "-o", "y", "--steps", "20", "--strengths", "0.5"])
+    assert {m.name: m for m in build_methods_from_args(args)}["sdedit-0.5-steps20"].config.steps == 20
