@@ -1,11 +1,12 @@
 """Restorer overhead: wall time per image vs the bare UNet calls it makes.
 
-For ODEdit (paper settings, a preset) and SDEdit, on the ``celeba64`` UNet (random
-weights are fine for timing) at 64x64: time ``restore`` on a batch, then time the
+For ODEdit (each preset on each solver grid, and the ``fast`` preset) and SDEdit, on the
+shipped prior (``--model embedded``) or a UNet config with random weights (same cost): time ``restore`` on a batch, then time the
 same number of bare ``unet(x, t)`` calls on the same batch, and report the ratio
 total / bare. The target is an overhead under 5 %.
 
-    python benchmarks/bench_restore.py [--preset light] [--batch-size 1] [--device cpu]
+    python benchmarks/bench_restore.py [--model embedded] [--presets light,fast]
+        [--grids ddim:100,dpm++2m:20] [--batch-sizes 1,16] [--device cpu]
 """
 
 from __future__ import annotations
@@ -46,44 +47,73 @@ def timed_restore(restorer, images, device) -> float:
     return time.perf_counter() - start
 
 
+def parse_grids(text: str) -> list[tuple[str, int]]:
+    out = []
+    for item in text.split(","):
+        solver, _, steps = item.partition(":")
+        out.append((solver, int(steps)))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None,
+                    help="model folder or 'embedded' (the shipped prior); default: --config with random weights")
     ap.add_argument("--config", default="celeba64")
-    ap.add_argument("--preset", default="light")
-    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--presets", default="light", help="comma list; 'fast' keeps its own solver and grid")
+    ap.add_argument("--grids", default="ddim:100",
+                    help="solver:steps pairs for the paper presets, e.g. ddim:100,dpm++2m:20")
     ap.add_argument("--strength", type=float, default=0.5)
-    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--sdedit-steps", type=int, default=100)
+    ap.add_argument("--batch-sizes", default="1", help="comma list, e.g. 1,16")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
-    unet = build_unet(args.config, 64).to(device=device, dtype=dtype).eval().requires_grad_(False)
-    model = UNetEps(unet, NoiseSchedule.linear())
-    params = sum(p.numel() for p in unet.parameters()) / 1e6
-    images = torch.rand(args.batch_size, 3, 64, 64, device=device)
-    x_bare = torch.randn(args.batch_size, 3, 64, 64, device=device, dtype=dtype)
-    bare_calls(unet, x_bare, 3, device)  # warm-up
+    if args.model:
+        from odedit.models import load_model
 
-    restorers = {
-        f"ODEdit {args.preset}": ODEdit(model, ODEditConfig.from_preset(args.preset, steps=args.steps)),
-        f"SDEdit s={args.strength}": SDEdit(model, SDEditConfig(steps=args.steps, strength=args.strength)),
-    }
-    print(f"# {args.config}: {params:.1f} M parameters, batch {args.batch_size}, {device}, {args.dtype}, "
+        model = load_model(None if args.model == "embedded" else args.model, device=device, dtype=dtype)
+        unet, label = model.unet.eval().requires_grad_(False), f"model {args.model}"
+    else:
+        unet = build_unet(args.config, 64).to(device=device, dtype=dtype).eval().requires_grad_(False)
+        model, label = UNetEps(unet, NoiseSchedule.linear()), f"{args.config} (random weights)"
+    size = model.sample_size
+    params = sum(p.numel() for p in unet.parameters()) / 1e6
+
+    restorers = {}
+    for preset in args.presets.split(","):
+        if preset == "fast":
+            cfg = ODEditConfig.from_preset("fast")
+            restorers[f"ODEdit fast ({cfg.solver}, {cfg.steps} steps)"] = ODEdit(model, cfg)
+            continue
+        for solver, steps in parse_grids(args.grids):
+            cfg = ODEditConfig.from_preset(preset, steps=steps, solver=solver)
+            restorers[f"ODEdit {preset} ({solver}, {steps} steps)"] = ODEdit(model, cfg)
+    restorers[f"SDEdit s={args.strength} ({args.sdedit_steps} steps)"] = SDEdit(
+        model, SDEditConfig(steps=args.sdedit_steps, strength=args.strength))
+
+    print(f"# {label}: {params:.1f} M parameters, {size}x{size}, {device}, {args.dtype}, "
           f"{torch.get_num_threads()} threads")
-    print("| method | NFE | s/image | bare UNet s/image | ratio total/bare |")
-    print("|---|---|---|---|---|")
-    for name, restorer in restorers.items():
-        nfe = restorer.config.nfe
-        total = bare = 0.0
-        for _ in range(args.repeats):  # interleave to share any background load fairly
-            total += timed_restore(restorer, images, device)
-            bare += bare_calls(unet, x_bare, nfe, device)
-        n = args.repeats * args.batch_size
-        print(f"| {name} | {nfe} | {total / n:.2f} | {bare / n:.2f} | {total / bare:.3f} |", flush=True)
+    print("| batch | method | NFE | s / image | bare UNet s / image | ms per call and image (bare) | total / bare |")
+    print("|---|---|---|---|---|---|---|")
+    for batch in (int(b) for b in args.batch_sizes.split(",")):
+        images = torch.rand(batch, 3, size, size, device=device)
+        x_bare = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
+        bare_calls(unet, x_bare, 2, device)  # warm-up
+        for name, restorer in restorers.items():
+            nfe = restorer.config.nfe
+            total = bare = 0.0
+            for _ in range(args.repeats):  # interleave to share any background load fairly
+                total += timed_restore(restorer, images, device)
+                bare += bare_calls(unet, x_bare, nfe, device)
+            n = args.repeats * batch
+            print(f"| {batch} | {name} | {nfe} | {total / n:.2f} | {bare / n:.2f} | {1e3 * bare / n / nfe:.1f} "
+                  f"| {total / bare:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

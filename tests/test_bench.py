@@ -511,3 +511,12 @@ def test_sdedit_steps_flag_keeps_sdedit_on_its_own_grid():
     # without it, --steps is both methods' grid (the old behaviour)
     args = parse(["--data", "x", "-o", "y", "--steps", "20", "--strengths", "0.5"])
     assert {m.name: m for m in build_methods_from_args(args)}["sdedit-0.5-steps20"].config.steps == 20
+
+
+def test_fast_preset_method_names():
+    fast = [m.name for m in B.build_methods(["odedit"], presets=["fast"], ablations=True, strengths=[0.5])]
+    assert fast[0] == "odedit-fast"  # its own steps/solver/eps carry no suffix
+    assert "odedit-fast-eps1e-05" in fast and "odedit-fast-lv0" in fast
+    # without Langevin no preset is left: the grid suffixes say how it differs from the paper's
+    assert "odedit-nolangevin-steps10-dpmpp2m" in fast
+    assert [m.nfe for m in B.build_methods(["odedit"], presets=["fast"])] == [60]

@@ -52,6 +52,18 @@ def _prior_images(prior: GaussianPrior, n: int, seed: int) -> torch.Tensor:
 # =================================================================================== configs
 
 
+def test_fast_preset_settings_and_overrides():
+    cfg = ODEditConfig.from_preset("fast")
+    assert (cfg.steps, cfg.solver, cfg.step_size, cfg.levels) == (10, "dpm++2m", 2.5e-5, (0, 2, 5, 8))
+    assert cfg.total_langevin_steps == PRESETS["fast"] == 40 and cfg.langevin_steps == 10
+    assert cfg.nfe == 2 * 10 + 40
+    # a flag overrides one setting and keeps the preset's others
+    over = ODEditConfig.from_preset("fast", step_size=1e-5, steps=20)
+    assert (over.step_size, over.solver, over.steps, over.levels) == (1e-5, "dpm++2m", 20, (0, 5, 10, 15))
+    # the paper's presets are untouched by it
+    assert ODEditConfig.from_preset("light") == ODEditConfig(langevin_steps=25)
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
@@ -100,7 +112,7 @@ def test_presets_total_updates(preset, total, steps):
 def test_preset_overrides_and_errors():
     assert ODEditConfig.from_preset("heavy", langevin_steps=0).total_langevin_steps == 0
     assert ODEditConfig.from_preset("light", levels=(0, 10)).langevin_steps == 50
-    with pytest.raises(ValueError, match="unknown preset 'ultra'; expected one of light, medium, heavy"):
+    with pytest.raises(ValueError, match="unknown preset 'ultra'; expected one of light, medium, heavy, fast"):
         ODEditConfig.from_preset("ultra")
     with pytest.raises(ValueError, match="levels must not be empty"):
         ODEditConfig.from_preset("light", levels=())

@@ -25,11 +25,22 @@ from odedit.schedule import timestep_grid
 from odedit.solvers import SOLVERS, solver_path
 from odedit.sde import forward_noise, stochastic_step
 
-# Total Langevin updates of the presets (paper section 4.1: 100 light, 200 medium, 300 heavy).
-PRESETS = {"light": 100, "medium": 200, "heavy": 300}
+# Total Langevin updates of the presets (paper section 4.1: 100 light, 200 medium, 300 heavy;
+# ``fast`` is ours, see PRESET_SETTINGS).
+PRESETS = {"light": 100, "medium": 200, "heavy": 300, "fast": 40}
 DEFAULT_PRESET = "medium"
 PAPER_STEPS = 100
 PAPER_LEVELS = (0, 25, 50, 75)  # of PAPER_STEPS
+PAPER_STEP_SIZE = 1e-6  # epsilon of Algorithm 1 as we read section 4.1
+PAPER_TEMPERATURE = 1.0 / 3.0
+# Settings a preset changes from the paper's (light/medium/heavy change none). ``fast``:
+# DPM-Solver++(2M) on a 10-level grid, 10 updates at each of the 4 levels with 2.5x light's
+# measured step size 1e-5 (the same Langevin time K * eps per level as 25 updates at 1e-5):
+# 2 x 10 + 40 = 60 model calls. Measured against light on 100 val faces in
+# docs/performance.md ("The fast preset").
+PRESET_SETTINGS: dict[str, dict] = {
+    "fast": {"steps": 10, "solver": "dpm++2m", "step_size": 2.5e-5},
+}
 # A decoded image lives in [-1, 1] (model space): a trained prior overshoots a little, an
 # untrained test UNet reaches ~60; diverged runs (e.g. step size 1e3) reach ~1e7. Beyond this
 # bound a result is not an image.
@@ -64,8 +75,8 @@ class ODEditConfig:
     steps: int = PAPER_STEPS
     levels: tuple[int, ...] = PAPER_LEVELS
     langevin_steps: int = PRESETS[DEFAULT_PRESET] // len(PAPER_LEVELS)
-    step_size: float = 1e-6
-    temperature: float = 1.0 / 3.0
+    step_size: float = PAPER_STEP_SIZE
+    temperature: float = PAPER_TEMPERATURE
     invert_to: Optional[int] = None
     clip_inversion_x0: bool = False
     decode_threshold: Optional[float] = None
@@ -118,14 +129,15 @@ class ODEditConfig:
 
     @classmethod
     def from_preset(cls, preset: str = DEFAULT_PRESET, **overrides) -> "ODEditConfig":
-        """A preset (light/medium/heavy = 100/200/300 Langevin updates in total) plus overrides.
+        """A preset plus overrides: light/medium/heavy = the paper's settings with 100/200/300
+        Langevin updates in total; ``fast`` = :data:`PRESET_SETTINGS` ``["fast"]`` with 40.
 
         If ``steps`` is overridden but ``levels`` is not, the paper's levels are scaled to
         the new grid. ``langevin_steps`` (per level) overrides the preset's total.
         """
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
-        overrides = {k: v for k, v in overrides.items() if v is not None}
+        overrides = {**PRESET_SETTINGS.get(preset, {}), **{k: v for k, v in overrides.items() if v is not None}}
         steps = overrides.get("steps", PAPER_STEPS)
         levels = tuple(overrides.get("levels", scaled_levels(steps)))
         if not levels:

@@ -12,7 +12,16 @@ from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 from odedit.bench.records import BenchError
-from odedit.restorers import PAPER_STEPS, PRESETS, ODEditConfig, SDEditConfig, scaled_levels
+from odedit.restorers import (
+    PAPER_STEP_SIZE,
+    PAPER_STEPS,
+    PAPER_TEMPERATURE,
+    PRESET_SETTINGS,
+    PRESETS,
+    ODEditConfig,
+    SDEditConfig,
+    scaled_levels,
+)
 
 METHOD_KINDS = ("source", "odedit", "sdedit")
 ABLATION_STEP_SIZES = (1e-6, 1e-5, 1e-4)
@@ -95,20 +104,28 @@ def _canonical_nolangevin(cfg: ODEditConfig) -> ODEditConfig:
 def odedit_method_name(preset: str, cfg: ODEditConfig) -> str:
     """``odedit-<preset>`` plus one suffix per setting that differs from the preset's.
 
-    Suffixes (in this order): ``steps<N>`` (grid size != 100), ``top<L>`` (inversion
+    Suffixes (in this order): ``steps<N>`` (grid size != the preset's, 100 for the paper's
+    presets), ``top<L>`` (inversion
     level), ``lv<a-b-..>`` (Langevin levels != the paper's levels scaled to the grid),
     ``k<K>`` (updates per level != preset total / number of levels), ``eps<e>``,
     ``T<t>``, ``clip`` (x0 clipping in inversion), ``thr<p>`` (decode thresholding),
-    ``dpmpp2m`` (solver), ``fp<J>`` (fixed-point inversion iterations).
+    ``dpmpp2m`` (solver, when not the preset's), ``fp<J>`` (fixed-point inversion iterations).
     Without Langevin (K = 0) the name is ``odedit-nolangevin`` (+ the grid suffixes).
     """
-    ref = ODEditConfig.from_preset(preset, steps=cfg.steps)
+    # The reference is the preset's own definition (its paper values for light/medium/heavy,
+    # never the library's current defaults, so a changed default never renames stored runs).
+    # Without Langevin no preset is left: the paper's grid and solver are the reference.
+    own = PRESET_SETTINGS.get(preset, {}) if cfg.total_langevin_steps else {}
+    ref_steps = own.get("steps", PAPER_STEPS)
+    ref_eps = own.get("step_size", PAPER_STEP_SIZE)
+    ref_t = own.get("temperature", PAPER_TEMPERATURE)
+    ref_solver = own.get("solver", "ddim")
     parts = []
     if cfg.total_langevin_steps == 0:
         parts.append("odedit-nolangevin")
     else:
         parts.append(f"odedit-{preset}")
-    if cfg.steps != PAPER_STEPS:
+    if cfg.steps != ref_steps:
         parts.append(f"steps{cfg.steps}")
     if cfg.invert_to is not None and cfg.invert_to != cfg.steps - 1:
         parts.append(f"top{cfg.invert_to}")
@@ -117,15 +134,15 @@ def odedit_method_name(preset: str, cfg: ODEditConfig) -> str:
             parts.append("lv" + "-".join(str(lv) for lv in cfg.levels))
         if cfg.langevin_steps != PRESETS[preset] // len(cfg.levels):
             parts.append(f"k{cfg.langevin_steps}")
-        if cfg.step_size != ref.step_size:
+        if cfg.step_size != ref_eps:
             parts.append(f"eps{_g(cfg.step_size)}")
-        if cfg.temperature != ref.temperature:
+        if cfg.temperature != ref_t:
             parts.append(f"T{_g(cfg.temperature)}")
     if cfg.clip_inversion_x0:
         parts.append("clip")
     if cfg.decode_threshold:
         parts.append(f"thr{_g(cfg.decode_threshold)}")
-    if cfg.solver != "ddim":
+    if cfg.solver != ref_solver:
         parts.append(cfg.solver.replace("+", "p"))  # dpm++2m -> dpmpp2m (file-name safe)
     if cfg.inversion_iters:
         parts.append(f"fp{cfg.inversion_iters}")
