@@ -16,7 +16,7 @@ fi
 out=out/demo
 odedit=.venv/bin/odedit
 "$odedit" corrupt "$images" -o "$out/degraded" --corruption random --severity 4 --seed 0 --size 64 --overwrite
-"$odedit" restore "$out/degraded" -o "$out/odedit" --method odedit --preset medium --overwrite "$@"
+"$odedit" restore "$out/degraded" -o "$out/odedit" --method odedit --overwrite "$@"
 "$odedit" restore "$out/degraded" -o "$out/sdedit" --method sdedit --strength 0.5 --overwrite "$@"
 # Whole photos: two portraits at 384 px, degraded, then restored in place.
 mkdir -p "$out/photos_in"
@@ -24,6 +24,6 @@ find "$images" -maxdepth 1 -type f \( -name '*.png' -o -name '*.jpg' \) | sort |
   cp "$f" "$out/photos_in/"
 done
 "$odedit" corrupt "$out/photos_in" -o "$out/photos_degraded" --corruption gaussian_noise --severity 3 --seed 0 --size 384 --overwrite
-"$odedit" restore "$out/photos_degraded" -o "$out/photos" --faces auto --preset medium --overwrite "$@"
+"$odedit" restore "$out/photos_degraded" -o "$out/photos" --faces auto --overwrite "$@"
 echo "demo: degraded inputs in $out/degraded, restorations in $out/odedit and $out/sdedit;"
 echo "      whole photos: $out/photos_degraded -> $out/photos"

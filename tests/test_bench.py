@@ -26,7 +26,7 @@ from odedit.unets import build_unet, save_model
 N_IMAGES = 6
 SIZE = 16
 FAST = ["--steps", "6", "--presets", "light", "--langevin-steps", "2", "--device", "cpu", "--quiet"]
-ODEDIT = "odedit-light-steps6-k2"  # 2 * 6 + 4 levels * 2 = 20 model calls
+ODEDIT = "odedit-light-steps6-k2-eps1e-05"  # 2 * 6 + 4 levels * 2 = 20 model calls; eps: the default, not the paper's
 SDEDIT = "sdedit-0.5-steps6"
 UNAVAILABLE = {"lpips": "disabled in the tests (no weights)", "fid": "disabled in the tests (no weights)"}
 
@@ -449,7 +449,7 @@ def test_method_names_encode_the_varied_settings():
 
 def test_ablation_set_and_nfe_matched_sdedit():
     methods = {m.name: m for m in B.build_methods(["source", "odedit"], presets=["medium"], ablations=True,
-                                                  strengths=[0.3, 0.5, 0.7])}
+                                                  step_sizes=[1e-6], strengths=[0.3, 0.5, 0.7])}
     base = methods["odedit-medium"].config
     assert base.nfe == 400 and base.levels == (0, 25, 50, 75)
     assert methods["odedit-nolangevin"].config.total_langevin_steps == 0
@@ -473,7 +473,7 @@ def test_ablation_set_and_nfe_matched_sdedit():
 def test_lowest_level_ablation_keeps_the_total_number_of_updates():
     methods = {m.name: m for m in B.build_methods(["odedit"], presets=["light"], ablations=True,
                                                   odedit_overrides={"steps": 6, "langevin_steps": 2})}
-    lv0 = methods["odedit-light-steps6-lv0-k8"].config
+    lv0 = methods["odedit-light-steps6-lv0-k8-eps1e-05"].config
     assert lv0.levels == (0,) and lv0.total_langevin_steps == 8 == methods[ODEDIT].config.total_langevin_steps
 
 
@@ -506,7 +506,7 @@ def test_sdedit_steps_flag_keeps_sdedit_on_its_own_grid():
     args = parse(["--data", "x", "-o", "y", "--steps", "20", "--solver", "dpm++2m", "--sdedit-steps", "100",
                   "--presets", "light", "--strengths", "0.5"])
     methods = {m.name: m for m in build_methods_from_args(args)}
-    assert methods["odedit-light-steps20-dpmpp2m"].config.steps == 20
+    assert methods["odedit-light-steps20-eps1e-05-dpmpp2m"].config.steps == 20
     assert methods["sdedit-0.5"].config.steps == 100 and methods["sdedit-0.5"].nfe == 50
     # without it, --steps is both methods' grid (the old behaviour)
     args = parse(["--data", "x", "-o", "y", "--steps", "20", "--strengths", "0.5"])

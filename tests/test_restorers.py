@@ -19,6 +19,7 @@ from odedit.analytic import GaussianPrior, langevin_stationary_var
 from odedit.models import ModelLoadError, UNetEps, load_model, write_checksums
 from odedit.ode import clip_x0, decode, dynamic_threshold, invert
 from odedit.restorers import (
+    PAPER_STEP_SIZE,
     PRESETS,
     ODEdit,
     ODEditConfig,
@@ -88,14 +89,17 @@ def test_odedit_config_validation(kwargs, match):
         ODEditConfig(**kwargs)
 
 
-def test_odedit_config_defaults_are_the_paper_settings():
+def test_odedit_config_defaults_are_the_paper_settings_but_the_step_size():
     cfg = ODEditConfig()
-    assert (cfg.steps, cfg.levels, cfg.step_size, cfg.temperature) == (100, (0, 25, 50, 75), 1e-6, 1 / 3)
-    assert cfg.langevin_steps * 4 == PRESETS["medium"] == 200
-    assert cfg.nfe == 2 * 100 + 200
+    assert (cfg.steps, cfg.levels, cfg.step_size, cfg.temperature) == (100, (0, 25, 50, 75), 1e-5, 1 / 3)
+    assert cfg.langevin_steps * 4 == PRESETS["light"] == 100
+    assert cfg.nfe == 2 * 100 + 100
     assert ODEditConfig(levels=(50, 0, 25)).levels == (0, 25, 50)  # sorted
     d = cfg.to_dict()
-    assert d["total_langevin_steps"] == 200 and d["nfe"] == 400
+    assert d["total_langevin_steps"] == 100 and d["nfe"] == 300
+    # the paper's reading stays one flag away
+    paper = ODEditConfig.from_preset("medium", step_size=PAPER_STEP_SIZE)
+    assert (paper.step_size, paper.total_langevin_steps, paper.nfe) == (1e-6, 200, 400)
 
 
 @pytest.mark.parametrize("preset,total", [("light", 100), ("medium", 200), ("heavy", 300)])

@@ -96,9 +96,9 @@ def _g(v: float) -> str:
 
 
 def _canonical_nolangevin(cfg: ODEditConfig) -> ODEditConfig:
-    """Without Langevin, levels/step size/temperature do not matter: fix them."""
-    d = ODEditConfig()
-    return replace(cfg, levels=(0,), langevin_steps=0, step_size=d.step_size, temperature=d.temperature)
+    """Without Langevin, levels/step size/temperature do not matter: fix them (to the paper's
+    values, not the library's defaults, so stored runs keep their identity when a default moves)."""
+    return replace(cfg, levels=(0,), langevin_steps=0, step_size=PAPER_STEP_SIZE, temperature=PAPER_TEMPERATURE)
 
 
 def odedit_method_name(preset: str, cfg: ODEditConfig) -> str:
