@@ -9,6 +9,7 @@ import shutil
 import threading
 import zipfile
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -520,3 +521,30 @@ def test_fast_preset_method_names():
     # without Langevin no preset is left: the grid suffixes say how it differs from the paper's
     assert "odedit-nolangevin-steps10-dpmpp2m" in fast
     assert [m.nfe for m in B.build_methods(["odedit"], presets=["fast"])] == [60]
+
+
+def test_results_report_summarises_every_stage_of_a_staged_folder(tmp_path, monkeypatch, faces, tiny_model):
+    """Two invocations with settings one command line cannot combine (other grids) in one
+    folder: each writes tables of its own methods only; scripts/results_report.py puts every
+    recorded method in one table, with the values each stage measured."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("results_report", Path(__file__).parents[1] / "scripts" / "results_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    out = tmp_path / "staged"
+    common = ["--data", str(faces["folder"]), "--model", str(tiny_model), "-o", str(out), "--device", "cpu", "--quiet"]
+    _no_network_metrics(monkeypatch)
+    run_bench([*common, "--methods", "source,odedit", "--presets", "light", "--steps", "6", "--langevin-steps", "2"], monkeypatch)
+    first = {(r["image"], r["method"], r["metric"]): r["value"] for r in read_results(out)}
+    run_bench([*common, "--methods", "odedit", "--presets", "light", "--steps", "4", "--langevin-steps", "1",
+               "--solver", "dpm++2m"], monkeypatch)
+    assert {r["method"] for r in read_results(out)} == {"odedit-light-steps4-k1-eps1e-05-dpmpp2m"}
+    monkeypatch.setattr("sys.argv", ["results_report.py", str(out)])
+    report.main()
+    rows = read_results(out)
+    assert {r["method"] for r in rows} == {"source", ODEDIT, "odedit-light-steps4-k1-eps1e-05-dpmpp2m"}
+    for r in rows:  # the first stage's per-image values are unchanged
+        if (r["image"], r["method"], r["metric"]) in first and r["image"] != "*":
+            assert r["value"] == first[(r["image"], r["method"], r["metric"])]
+    assert "odedit-light-steps4-k1-eps1e-05-dpmpp2m" in (out / "summary.md").read_text()
