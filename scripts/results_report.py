@@ -41,6 +41,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", type=Path)
     ap.add_argument("--limit", type=int, default=None, help="first N images by name (default: all recorded)")
+    ap.add_argument("--skip-incomplete", action="store_true",
+                    help="leave out methods that lack some image (a stage still running) instead of stopping")
     args = ap.parse_args()
     out = args.folder.expanduser()
     meta = json.loads((out / "bench.json").read_text())
@@ -53,7 +55,10 @@ def main() -> None:
         if _roundtrip(m.identity()["config"]) != _roundtrip(meta["methods"][m.name]["config"]):
             raise SystemExit(f"{m.name}: the rebuilt config differs from bench.json's")
     incomplete = [m.name for m in methods if not all(lay.done(m.name, k) for k in keys)]
-    if incomplete:
+    if incomplete and args.skip_incomplete:
+        print(f"left out (not every image done): {', '.join(incomplete)}")
+        methods = [m for m in methods if m.name not in incomplete]
+    elif incomplete:
         raise SystemExit(f"not every image is done for: {', '.join(incomplete)} (pass --limit)")
     s = meta["settings"]
     header = {"data": s["data"], "model": f"{s['model']} ({meta['image_size']}x{meta['image_size']})",

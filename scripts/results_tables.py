@@ -71,6 +71,7 @@ def summarize(name: str, m: dict, ref: dict | None, keys: list[str]) -> dict:
     row["nfe"] = mean_se([m["img"][k]["nfe"] for k in keys])[0]
     row["seconds"] = mean_se([m["img"][k]["seconds"] for k in keys])[0]
     row["swd"] = m["set"].get("swd", float("nan"))
+    row["swd_levels"] = {k[4:]: v for k, v in m["set"].items() if k.startswith("swd_")}  # per pyramid level
     return row
 
 
@@ -84,7 +85,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folders", nargs="+", help="label=DIR (a finished odedit bench folder)")
     ap.add_argument("--reference", default=None, help="label:method the paired differences are taken against")
-    ap.add_argument("--methods", default=None, help="comma list of label:method in the order to print (default: all)")
+    ap.add_argument("--methods", default=None,
+                    help="comma list of folder-label:method[=row label] in the order to print (default: all)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -93,7 +95,9 @@ def main() -> None:
         label, _, folder = spec.partition("=")
         for name, m in load(Path(folder).expanduser()).items():
             methods[f"{label}:{name}"] = m
-    order = args.methods.split(",") if args.methods else list(methods)
+    items = [m.partition("=") for m in args.methods.split(",")] if args.methods else [(m, "", "") for m in methods]
+    order = [name for name, _, _ in items]
+    labels = {name: (label or name) for name, _, label in items}
     missing = [n for n in order + ([args.reference] if args.reference else []) if n not in methods]
     if missing:
         raise SystemExit(f"not found: {', '.join(missing)}; have: {', '.join(methods)}")
@@ -102,15 +106,19 @@ def main() -> None:
     common = set.intersection(*(set(methods[n]["img"]) for n in order + ([args.reference] if ref else [])))
     keys = sorted(common)
     rows = [summarize(n, methods[n], ref, keys) for n in order]
+    for r in rows:
+        r["label"] = labels[r["method"]]
 
-    head = "| method | NFE | s / image | PSNR ↑ | SSIM ↑ | SWD ↓ |" + (" ΔPSNR (paired) | ΔSSIM (paired) |" if ref else "")
+    res = sorted({r for row in rows for r in row["swd_levels"]}, key=int, reverse=True)
+    head = ("| method | NFE | s / image | PSNR ↑ | SSIM ↑ | SWD ↓ |" + "".join(f" SWD {r} px |" for r in res)
+            + (" ΔPSNR (paired) | ΔSSIM (paired) |" if ref else ""))
     print(f"{len(keys)} images" + (f"; differences against {args.reference}, same images" if ref else ""))
     print()
     print(head)
     print("|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|")
     for r in rows:
-        line = (f"| {r['method']} | {r['nfe']:.0f} | {r['seconds']:.2f} | {fmt(r['psnr'], 2)} | {fmt(r['ssim'], 3)} "
-                f"| {r['swd']:.1f} |")
+        line = (f"| {r['label']} | {r['nfe']:.0f} | {r['seconds']:.2f} | {fmt(r['psnr'], 2)} | {fmt(r['ssim'], 3)} "
+                f"| {r['swd']:.1f} |" + "".join(f" {r['swd_levels'].get(x, float('nan')):.1f} |" for x in res))
         if ref:
             line += f" {fmt(r['d_psnr'], 2, True)} | {fmt(r['d_ssim'], 3, True)} |"
         print(line)
@@ -126,7 +134,7 @@ def main() -> None:
             print()
             print(f"{metric.upper()} by {title}")
             print()
-            print(f"| {title} | n | " + " | ".join(r["method"] for r in rows) + " |")
+            print(f"| {title} | n | " + " | ".join(r["label"] for r in rows) + " |")
             print("|" + "|".join("---" for _ in range(len(rows) + 2)) + "|")
             for c in sorted(by, key=lambda c: (list(FAMILIES).index(c) if c in FAMILIES else 99, c)):
                 ks = by[c]
