@@ -519,8 +519,8 @@ def test_fast_preset_method_names():
     assert fast[0] == "odedit-fast"  # its own steps/solver/eps carry no suffix
     assert "odedit-fast-eps1e-05" in fast and "odedit-fast-lv0" in fast
     # without Langevin no preset is left: the grid suffixes say how it differs from the paper's
-    assert "odedit-nolangevin-steps10-dpmpp2m" in fast
-    assert [m.nfe for m in B.build_methods(["odedit"], presets=["fast"])] == [60]
+    assert "odedit-nolangevin-steps20-dpmpp2m" in fast
+    assert [m.nfe for m in B.build_methods(["odedit"], presets=["fast"])] == [80]
 
 
 def test_results_report_summarises_every_stage_of_a_staged_folder(tmp_path, monkeypatch, faces, tiny_model):

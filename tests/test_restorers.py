@@ -55,12 +55,12 @@ def _prior_images(prior: GaussianPrior, n: int, seed: int) -> torch.Tensor:
 
 def test_fast_preset_settings_and_overrides():
     cfg = ODEditConfig.from_preset("fast")
-    assert (cfg.steps, cfg.solver, cfg.step_size, cfg.levels) == (10, "dpm++2m", 2.5e-5, (0, 2, 5, 8))
+    assert (cfg.steps, cfg.solver, cfg.step_size, cfg.levels) == (20, "dpm++2m", 2.5e-5, (0, 5, 10, 15))
     assert cfg.total_langevin_steps == PRESETS["fast"] == 40 and cfg.langevin_steps == 10
-    assert cfg.nfe == 2 * 10 + 40
+    assert cfg.nfe == 2 * 20 + 40
     # a flag overrides one setting and keeps the preset's others
-    over = ODEditConfig.from_preset("fast", step_size=1e-5, steps=20)
-    assert (over.step_size, over.solver, over.steps, over.levels) == (1e-5, "dpm++2m", 20, (0, 5, 10, 15))
+    over = ODEditConfig.from_preset("fast", step_size=1e-5, steps=10)
+    assert (over.step_size, over.solver, over.steps, over.levels) == (1e-5, "dpm++2m", 10, (0, 2, 5, 8))
     # the paper's presets are untouched by it
     assert ODEditConfig.from_preset("light") == ODEditConfig(langevin_steps=25)
 

@@ -38,14 +38,14 @@ PAPER_STEP_SIZE = 1e-6  # epsilon of Algorithm 1 as we read section 4.1
 DEFAULT_STEP_SIZE = 1e-5
 PAPER_TEMPERATURE = 1.0 / 3.0
 # Settings a preset changes from the paper's (light/medium/heavy change none). ``fast``:
-# DPM-Solver++(2M) on a 10-level grid, 10 updates at each of the 4 levels with 2.5x light's
-# measured step size 1e-5 (the same Langevin time K * eps per level as 25 updates at 1e-5):
-# 2 x 10 + 40 = 60 model calls. On 100 val faces (docs/performance.md, "The fast preset") it
-# keeps light's realism (SWD 53.8 vs 52.1) but loses 1.0 dB PSNR and 0.08 SSIM against it:
-# outside the seed spread (0.05 dB), so a cheaper option, not a replacement. No setting of
-# <= 100 calls tried matched light.
+# DPM-Solver++(2M) on a 20-level grid, 10 updates at each of the 4 levels with 2.5x light's
+# step size 1e-5 (the same Langevin time K * eps per level as light's 25 updates at 1e-5):
+# 2 x 20 + 40 = 80 model calls. On 100 val faces against light on the same grid
+# (docs/performance.md, "The fast preset"): PSNR +0.06 +/- 0.03 dB, SSIM +0.002, SWD 51.0 vs
+# 52.1, within the restoration-seed spread. The same Langevin on a 10-step grid (60 calls)
+# lost 1.0 dB: the coarse ODE, not the larger steps.
 PRESET_SETTINGS: dict[str, dict] = {
-    "fast": {"steps": 10, "solver": "dpm++2m", "step_size": 2.5e-5},
+    "fast": {"steps": 20, "solver": "dpm++2m", "step_size": 2.5e-5},
 }
 # A decoded image lives in [-1, 1] (model space): a trained prior overshoots a little, an
 # untrained test UNet reaches ~60; diverged runs (e.g. step size 1e3) reach ~1e7. Beyond this

@@ -95,7 +95,7 @@ def add_parser(subparsers) -> None:
         type=str_list,
         default=("medium",),
         metavar="LIST",
-        help="ODEdit presets, each a method: light,medium,heavy = the paper's settings with 100/200/300 Langevin updates; fast = 60 model calls (default medium)",
+        help="ODEdit presets, each a method: light,medium,heavy = the paper's settings with 100/200/300 Langevin updates; fast = 80 model calls (default medium)",
     )
     m.add_argument(
         "--steps", type=ranged(int, 1, 1000), default=None,

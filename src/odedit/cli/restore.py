@@ -70,8 +70,8 @@ def add_parser(subparsers) -> None:
         choices=("light", "medium", "heavy", "fast"),
         default="light",
         help="light/medium/heavy: the paper's grid and levels with 100/200/300 Langevin updates in total "
-        "(300/400/500 model calls); fast: DPM-Solver++(2M), 10 steps, 40 updates (60 model calls; light's "
-        "realism at ~1 dB less PSNR, docs/performance.md); "
+        "(300/400/500 model calls); fast: DPM-Solver++(2M), 20 steps, 40 updates (80 model calls; as good "
+        "as light on 20 DPM++ steps, docs/performance.md); "
         "flags below override single settings (default: light)",
     )
     g.add_argument("--steps", type=ranged(int, 1, 1000), default=None, help="DDIM steps N (default 100)")
