@@ -20,15 +20,11 @@ from PIL import Image
 from odedit.bench.report import _label_rows
 from odedit.imageio import save_png_atomic
 
-FAMILIES = ("noise", "blur", "weather", "digital", "masking")
+from results_tables import FAMILIES, FAMILY_OF  # one grouping for the tables and the figure
 
 
 def family(corruption: str) -> str:
-    for fam, words in (("noise", ("noise",)), ("blur", ("blur",)), ("masking", ("masking",)),
-                       ("weather", ("snow", "frost", "fog", "spatter", "brightness"))):
-        if any(w in corruption for w in words):
-            return fam
-    return "digital"
+    return FAMILY_OF[corruption]
 
 
 def main() -> None:
