@@ -1,0 +1,114 @@
+"""The settings of a training run (:class:`TrainConfig`), its outcome and its error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from odedit.unets import UNET_CONFIGS
+
+MIXED_PRECISION = ("no", "bf16", "fp16", "auto")  # auto: odedit.devices.auto_mixed_precision
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+class TrainError(ValueError):
+    """Training cannot start or continue as asked; the message says why."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (the CLI flags of ``odedit train``).
+
+    ``config``/``resolution`` None mean: from the checkpoint when resuming, from the
+    weights with ``resume_from_weights``, else ``celeba64`` at 64.
+    """
+
+    data: Optional[str] = None
+    out: str = "runs/celeba64"
+    config: Optional[str] = None
+    resolution: Optional[int] = None
+    fit: str = "stretch"  # same default as `odedit restore --fit`
+    flip: bool = True
+    batch_size: int = 64
+    grad_accum: int = 1
+    steps: Optional[int] = None
+    minutes: Optional[float] = None
+    lr: float = 2e-4
+    warmup_steps: int = 500
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    ema_decay: float = 0.9999
+    # None: diffusers' default warm-up min(decay, (1+n)/(10+n)); a value p: the EMA warm-up
+    # 1 - (1+n)^-p (use_ema_warmup; Karras et al.), which suits short runs (p = 2/3: the EMA
+    # averages over ~n^(2/3) recent steps, ~300 at n = 5,000).
+    ema_power: Optional[float] = None
+    # None: the "simple" loss (uniform over t). A value g: min-SNR-g weighting (Hang et al.
+    # 2023) of the eps loss, w(t) = min(SNR(t), g) / SNR(t).
+    min_snr_gamma: Optional[float] = None
+    mixed_precision: str = "no"
+    tf32: bool = True  # CUDA only: TF32 matmuls/convs in fp32 training (Ampere and newer)
+    compile: bool = False
+    seed: int = 0
+    workers: int = 4
+    checkpoint_every: int = 5000
+    checkpoint_minutes: float = 30.0
+    keep_checkpoints: int = 2
+    resume: bool = False
+    resume_from_weights: Optional[str] = None
+    export_fp16: bool = False
+    export_raw: bool = False
+    sample_every: int = 1000
+    sample_steps: int = 50
+    num_samples: int = 16
+    log_every: int = 10
+    cpu: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.steps is None and self.minutes is None:
+            raise TrainError("say how long to train: pass --steps N and/or --minutes M")
+        if self.steps is not None and self.steps < 0:
+            raise TrainError(f"steps must be >= 0, got {self.steps}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise TrainError(f"minutes must be > 0, got {self.minutes}")
+        if self.config is not None and self.config not in UNET_CONFIGS:
+            raise TrainError(f"unknown model config {self.config!r}; expected one of {', '.join(UNET_CONFIGS)}")
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise TrainError(f"resolution must be a multiple of 8 and >= 8, got {self.resolution}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise TrainError(f"mixed precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise TrainError(f"lr schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.lr_schedule != "constant" and self.steps is None:
+            raise TrainError(f"--lr-schedule {self.lr_schedule} decays to 0 at --steps: pass --steps")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise TrainError(f"EMA decay must be in [0, 1], got {self.ema_decay}")
+        if self.ema_power is not None and not 0.0 < self.ema_power <= 1.0:
+            raise TrainError(f"EMA warm-up power must be in (0, 1], got {self.ema_power}")
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0.0:
+            raise TrainError(f"min-SNR gamma must be > 0, got {self.min_snr_gamma}")
+        for name in ("batch_size", "grad_accum", "sample_steps", "num_samples", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise TrainError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.resume and self.resume_from_weights:
+            raise TrainError("--resume and --resume-from-weights exclude each other")
+
+
+@dataclass
+class TrainResult:
+    """What a call of :func:`odedit.training.train` did."""
+
+    step: int  # optimizer steps done in total (all invocations)
+    start_step: int  # the step this invocation started at (0, or the resumed step)
+    images_seen: int  # training images drawn in total (all processes, all invocations)
+    stopped_by: str  # "steps" | "minutes" | "signal"
+    elapsed_s: float  # wall time of this invocation
+    images_per_s: float  # training throughput of this invocation's loop (all processes)
+    model_dir: Optional[Path]  # the exported EMA model (None on non-main processes)
+    checkpoint: Optional[Path]  # the last checkpoint written or resumed from
+    records: list = field(default_factory=list)  # the log.jsonl records written by this call
