@@ -270,6 +270,19 @@ def test_resume_skips_finished_images_and_redoes_missing_ones(full_run, monkeypa
     assert {p: p.stat().st_mtime_ns for p in pngs} == mtimes
 
 
+def test_compile_flag_compiles_is_recorded_and_keeps_resuming(full_run, monkeypatch):
+    """--compile changes speed, not results (tests/test_compile.py): a folder made without it
+    resumes with it, and bench.json records which run compiled."""
+    import odedit.models
+
+    calls = []
+    monkeypatch.setattr(odedit.models, "compile_model", lambda m: calls.append(m) or m)
+    stats = run_bench([*full_run["argv"], "--compile"], monkeypatch)
+    assert len(calls) == 1 and stats.processed == 0
+    runs = json.loads((full_run["out"] / "bench.json").read_text())["runs"]
+    assert runs[-1]["compile"] is True and runs[0]["compile"] is False
+
+
 def test_settings_mismatch_is_an_error_unless_overwrite(full_run, tmp_path, monkeypatch, faces, tiny_model):
     out = tmp_path / "o"
     base = ["--data", str(faces["folder"]), "--model", str(tiny_model), "-o", str(out),

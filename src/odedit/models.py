@@ -108,6 +108,21 @@ class UNetEps:
         return x0_to_eps(x, out, ab)
 
 
+def compile_model(model: UNetEps) -> UNetEps:
+    """The same model with its network wrapped in ``torch.compile`` (an opt-in speed-up).
+
+    Measured on the shipped prior, fp32, batch 16, 2 AVX2 cores (docs/performance.md): 53.2 ms
+    per image-call against 60.5 uncompiled (1.14x), outputs within 5e-6; ``--preset fast`` 3.63 s
+    per face against 4.12 s in the same run (1.13x). The first call compiles for ~11-15 s (and a
+    new batch size may compile once more), so it pays off from ~30 faces, not for one photo.
+    Needs a working C++ compiler on CPU (inductor). The eps contract is unchanged.
+    """
+    import torch._dynamo  # noqa: F401  (fails early and clearly where dynamo is unsupported)
+
+    compiled = torch.compile(model.unet, dynamic=None)
+    return UNetEps(compiled, model.schedule, model.prediction_type)
+
+
 # ---- checksums of shipped weights --------------------------------------------------------
 
 

@@ -229,6 +229,7 @@ class BenchSettings:
     batch_size: int = 16
     device: str = "auto"
     dtype: str = "float32"
+    compile: bool = False  # torch.compile the network (speed only: outputs agree to ~1e-5, not in resume settings)
     fit: str = "stretch"
     grid_images: int = 8
     allow_download: bool = False
@@ -541,7 +542,7 @@ def run_benchmark(settings: BenchSettings, ctx: Optional[ProcessContext] = None)
     out = Path(s.output).expanduser()
     data, items = _items(s)
     keys = [it.key for it in items]
-    from odedit.models import load_model, model_identity
+    from odedit.models import compile_model, load_model, model_identity
 
     model_id = model_identity(s.model)
     resume = _resume_settings(s, model_id, model_fingerprint(s.model))
@@ -563,6 +564,8 @@ def run_benchmark(settings: BenchSettings, ctx: Optional[ProcessContext] = None)
 
     device = _resolve_device(s.device, ctx)
     model = load_model(s.model, device=device, dtype=_torch_dtype(s.dtype, device))
+    if s.compile:
+        model = compile_model(model)
     T = model.schedule.num_train_timesteps
     too_long = [m.name for m in s.methods if m.config is not None and m.config.steps > T]
     if too_long:
@@ -576,7 +579,7 @@ def run_benchmark(settings: BenchSettings, ctx: Optional[ProcessContext] = None)
     run_entry = {
         "command": s.command if s.command is not None else list(sys.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
-        "processes": ctx.num, "device": str(device), "batch_size": s.batch_size, "limit": s.limit,
+        "processes": ctx.num, "device": str(device), "batch_size": s.batch_size, "compile": s.compile, "limit": s.limit,
         "images": len(items), "methods": [m.name for m in s.methods], "status": "running",
     }
     if ctx.is_main:

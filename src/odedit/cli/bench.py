@@ -8,6 +8,7 @@ from pathlib import Path
 
 from odedit.cli.common import (
     CLIError,
+    add_compile_arg,
     add_device_args,
     add_odedit_override_args,
     float_list,
@@ -161,6 +162,7 @@ def add_parser(subparsers) -> None:
     r = p.add_argument_group("run")
     r.add_argument("--batch-size", type=ranged(int, 1, 4096), default=16, help="images per batch (default 16)")
     add_device_args(r)
+    add_compile_arg(r)
     r.add_argument("--overwrite", action="store_true", help="discard an existing benchmark in DIR")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -232,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         dtype=args.dtype,
+        compile=args.compile,
         fit=args.fit,
         grid_images=args.grid_images,
         allow_download=args.download_weights,

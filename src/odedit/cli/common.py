@@ -123,6 +123,15 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_compile_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the network through torch.compile: ~1.14x faster per call on a CPU (measured), "
+        "after a one-off compile of ~15 s; worth it for batches (~30+ faces), not for one image",
+    )
+
+
 def torch_dtype(name: str, device=None):
     """The torch dtype of a ``--dtype`` name; ``auto`` needs the resolved device."""
     from odedit.devices import resolve_dtype_for

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from odedit.cli.common import (
     CLIError,
+    add_compile_arg,
     add_device_args,
     add_odedit_override_args,
     prepare_outdir,
@@ -89,6 +90,7 @@ def add_parser(subparsers) -> None:
     r.add_argument("--seed", type=ranged(int, 0), default=0, help="base seed (default 0)")
     r.add_argument("--batch-size", type=ranged(int, 1, 4096), default=8, help="images per batch (default 8)")
     add_device_args(r)
+    add_compile_arg(r)
     f = p.add_argument_group("whole photos")
     f.add_argument(
         "--faces",
@@ -205,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     from odedit import __version__
     from odedit.imageio import ImageError, list_images, load_image_uint8, save_png_atomic
     from odedit.imageio import remove_stale_temps, uint8_to_unit, unit_to_uint8
-    from odedit.models import ModelLoadError, load_model, model_identity
+    from odedit.models import ModelLoadError, compile_model, load_model, model_identity
     from odedit.faces import finish_photo, plan_photo, uses_detection
     from odedit.restorers import ODEdit, SDEdit
 
@@ -253,6 +255,8 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.model, device=device, dtype=dtype)
     except ModelLoadError as err:
         raise CLIError(str(err)) from None
+    if args.compile:
+        model = compile_model(model)
     restorer = (ODEdit if args.method == "odedit" else SDEdit)(model, config)
     size = model.sample_size
 
@@ -271,6 +275,7 @@ def run(args: argparse.Namespace) -> int:
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
         "dtype_requested": args.dtype,
+        "compile": args.compile,
         "base_seed": args.seed,
         "fit": args.fit,
         "keep_size": args.keep_size,

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from odedit.cli.common import CLIError, add_device_args, ranged, resolve_device, torch_dtype
+from odedit.cli.common import CLIError, add_compile_arg, add_device_args, ranged, resolve_device, torch_dtype
 
 DESCRIPTION = """\
 Draw samples from a diffusion model: x_T ~ N(0, I), then the deterministic DDIM ODE
@@ -43,6 +43,7 @@ def add_parser(subparsers) -> None:
         "--individual", type=Path, default=None, metavar="OUTDIR", help="also write sample_NNNN.png files here"
     )
     add_device_args(p)
+    add_compile_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -53,7 +54,7 @@ def run(args) -> int:
 
     from odedit.cli.common import prepare_outdir
     from odedit.imageio import make_grid, save_png_atomic
-    from odedit.models import ModelLoadError, load_model
+    from odedit.models import ModelLoadError, compile_model, load_model
     from odedit.sampling import default_ncols, sample_chunks, sample_seeds
 
     output = Path(args.output)
@@ -70,6 +71,8 @@ def run(args) -> int:
         model = load_model(args.model, device=device, dtype=torch_dtype(args.dtype, device))
     except ModelLoadError as err:
         raise CLIError(str(err)) from None
+    if args.compile:
+        model = compile_model(model)
 
     seeds = sample_seeds(args.seed, args.num)
     t0 = time.perf_counter()
