@@ -117,8 +117,6 @@ def compile_model(model: UNetEps) -> UNetEps:
     new batch size may compile once more), so it pays off from ~30 faces, not for one photo.
     Needs a working C++ compiler on CPU (inductor). The eps contract is unchanged.
     """
-    import torch._dynamo  # noqa: F401  (fails early and clearly where dynamo is unsupported)
-
     compiled = torch.compile(model.unet, dynamic=None)
     return UNetEps(compiled, model.schedule, model.prediction_type)
 
