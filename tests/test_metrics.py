@@ -87,7 +87,7 @@ def test_ssim_conv2d_path_matches(monkeypatch):
     x = torch.rand(3, 3, 20, 27, generator=torch.Generator().manual_seed(2))
     y = (x + 0.1 * torch.rand(x.shape, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
     fast = M.ssim(x, y)
-    monkeypatch.setattr(M, "_SSIM_SCIPY_ON_CPU", False)  # the path used on GPUs
+    monkeypatch.setattr(M.pixel, "_SSIM_SCIPY_ON_CPU", False)  # the path used on GPUs
     np.testing.assert_allclose(M.ssim(x, y).numpy(), fast.numpy(), rtol=1e-12)
 
 
@@ -189,7 +189,7 @@ def test_patch_sampling_positions():
     n, c, h, w, k = 3, 2, 10, 12, 50
     idx = np.indices((n, c, h, w))
     level = (idx[0] * 1e6 + idx[1] * 1e4 + idx[2] * 100 + idx[3]).astype(np.float64)
-    d = M._sample_patches(level, k, 7, np.random.default_rng(0))
+    d = M.distribution._sample_patches(level, k, 7, np.random.default_rng(0))
     assert d.shape == (n * k, c, 7, 7)
     assert np.array_equal(d[:, 0, 0, 0] // 1e6, np.repeat(np.arange(n), k))
     np.testing.assert_array_equal(d - d[:, :, :1, :1], np.broadcast_to(idx[2, 0, 0, :7, :7] * 100 + idx[3, 0, 0, :7, :7], d.shape))
@@ -239,9 +239,9 @@ def test_swd_grows_with_noise_and_blur(faces):
 def test_sliced_wasserstein_unequal_sizes():
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal(40), rng.standard_normal(25) + 0.5
-    assert M._w1_sorted(np.sort(a), np.sort(b)) == pytest.approx(scipy.stats.wasserstein_distance(a, b), rel=1e-10)
+    assert M.distribution._w1_sorted(np.sort(a), np.sort(b)) == pytest.approx(scipy.stats.wasserstein_distance(a, b), rel=1e-10)
     c = rng.standard_normal(40)
-    assert M._w1_sorted(np.sort(a), np.sort(c)) == pytest.approx(np.mean(np.abs(np.sort(a) - np.sort(c))), rel=1e-10)
+    assert M.distribution._w1_sorted(np.sort(a), np.sort(c)) == pytest.approx(np.mean(np.abs(np.sort(a) - np.sort(c))), rel=1e-10)
     # 1-D points: every direction is +-1, so SWD is the plain W1
     d = M.sliced_wasserstein(a[:, None], b[:, None], 0, dirs=3, repeats=2)
     assert d == pytest.approx(scipy.stats.wasserstein_distance(a, b), rel=1e-5)
@@ -304,7 +304,7 @@ def test_swd_threads_match_the_sequential_definition(faces):
     rng = np.random.default_rng(9)
     expected = []
     for la, lb in zip(da.levels, db.levels):  # the original: per level, per round, fresh directions
-        fa, fb = M._finalize(la), M._finalize(lb)
+        fa, fb = M.distribution._finalize(la), M.distribution._finalize(lb)
         rounds = []
         for _ in range(4):
             d = rng.standard_normal((fa.shape[1], 128))
@@ -315,5 +315,5 @@ def test_swd_threads_match_the_sequential_definition(faces):
         r = M.swd_from_descriptors(da, db, np.random.default_rng(9), workers=workers)
         assert r["levels"] == pytest.approx(expected, rel=1e-12), workers
         assert r["mean"] == pytest.approx(np.mean(expected), rel=1e-12)
-    a, b = M._finalize(da.levels[0]), M._finalize(db.levels[0])
+    a, b = M.distribution._finalize(da.levels[0]), M.distribution._finalize(db.levels[0])
     assert M.sliced_wasserstein(a, b, 2, workers=1) == M.sliced_wasserstein(a, b, 2, workers=4)
