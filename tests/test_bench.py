@@ -283,6 +283,78 @@ def test_compile_flag_compiles_is_recorded_and_keeps_resuming(full_run, monkeypa
     assert runs[-1]["compile"] is True and runs[0]["compile"] is False
 
 
+def _stop_on_second_batch(monkeypatch, exc: BaseException) -> None:
+    """Make the benchmark's second restoration batch raise ``exc`` (as Ctrl-C or a crash would)."""
+    real, calls = B.protocol._restore_batch, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise exc
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(B.protocol, "_restore_batch", flaky)
+
+
+def test_interrupted_run_is_recorded_as_such_and_resumes(tiny_model, faces, tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM, below) mid-run: the finished batch is kept, bench.json says the run
+    was interrupted after how long and how much, and the next run computes only the rest."""
+    out = tmp_path / "o"
+    argv = ["--data", str(faces["folder"]), "--model", str(tiny_model), "-o", str(out), "--methods", "odedit",
+            "--limit", "4", "--batch-size", "2", *FAST]
+    with monkeypatch.context() as mp:
+        _stop_on_second_batch(mp, KeyboardInterrupt())
+        with pytest.raises(KeyboardInterrupt):
+            run_bench(argv, mp)
+    run = json.loads((out / "bench.json").read_text())["runs"][-1]
+    assert run["status"] == "interrupted" and run["wall_seconds"] > 0
+    assert run["processed_by_main_process"] == 2 and run["skipped_by_main_process"] == 0
+    assert sorted(p.stem for p in (out / "records" / ODEDIT).glob("*.json")) == ["162771", "162772"]
+    assert not (out / "summary.md").exists()  # no table of a half-done run
+    stats = run_bench(argv, monkeypatch)
+    assert stats.processed == 2 and stats.skipped == 2
+    runs = json.loads((out / "bench.json").read_text())["runs"]
+    assert [r["status"] for r in runs] == ["interrupted", "complete"]
+
+
+def test_failed_run_is_recorded_with_its_error_and_the_error_propagates(tiny_model, faces, tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    argv = ["--data", str(faces["folder"]), "--model", str(tiny_model), "-o", str(out), "--methods", "odedit",
+            "--limit", "4", "--batch-size", "2", *FAST]
+    _stop_on_second_batch(monkeypatch, RuntimeError("out of memory, say"))
+    with pytest.raises(RuntimeError, match="out of memory, say"):
+        run_bench(argv, monkeypatch)
+    run = json.loads((out / "bench.json").read_text())["runs"][-1]
+    assert run["status"] == "failed: RuntimeError: out of memory, say"
+    assert run["processed_by_main_process"] == 2
+
+
+def test_sigterm_becomes_keyboard_interrupt_only_inside_the_block():
+    import os
+    import signal
+    import time
+
+    from odedit.cli.common import sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        with sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler interrupts this
+            pytest.fail("SIGTERM did not interrupt")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_bench_json_names_the_code_that_ran(full_run):
+    import odedit
+    from odedit.provenance import code_identity
+
+    run = json.loads((full_run["out"] / "bench.json").read_text())["runs"][0]
+    assert run["odedit_version"] == odedit.__version__
+    assert run["git_commit"] == code_identity()["git_commit"]  # this checkout's HEAD, or None outside git
+    assert run["git_commit"] is None or len(run["git_commit"]) == 40
+
+
 def test_settings_mismatch_is_an_error_unless_overwrite(full_run, tmp_path, monkeypatch, faces, tiny_model):
     out = tmp_path / "o"
     base = ["--data", str(faces["folder"]), "--model", str(tiny_model), "-o", str(out),

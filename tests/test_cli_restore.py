@@ -57,6 +57,9 @@ def test_folder_in_folder_out_with_sidecar(tiny_model, faces, tmp_path):
     assert run["config"]["steps"] == 6
     assert run["config"]["total_langevin_steps"] == 100
     assert run["model"] == str(tiny_model.resolve())
+    from odedit.provenance import code_identity
+
+    assert {k: run[k] for k in ("odedit_version", "git_commit", "git_dirty")} == code_identity()
     assert set(meta["images"]) == set(names)
     assert all(entry["run"] == run_id for entry in meta["images"].values())
     seeds = {entry["seed"] for entry in meta["images"].values()}

@@ -38,6 +38,7 @@ from odedit.bench.records import (
 )
 from odedit.bench.report import _fidelity, aggregate
 from odedit.imageio import IMAGE_EXTENSIONS, ImageError
+from odedit.provenance import code_identity
 
 
 # ---- image sets: a folder or a .zip of images --------------------------------------------------
@@ -581,6 +582,7 @@ def run_benchmark(settings: BenchSettings, ctx: Optional[ProcessContext] = None)
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
         "processes": ctx.num, "device": str(device), "batch_size": s.batch_size, "compile": s.compile, "limit": s.limit,
         "images": len(items), "methods": [m.name for m in s.methods], "status": "running",
+        **code_identity(),
     }
     if ctx.is_main:
         if s.overwrite:
@@ -610,11 +612,42 @@ def run_benchmark(settings: BenchSettings, ctx: Optional[ProcessContext] = None)
         _write_json(settings_path, meta)
     ctx.wait()
 
+    stats = BenchStats(images=len(items), methods=[m.name for m in s.methods], output=str(out),
+                       process=ctx.index, processes=ctx.num)
+    try:
+        _run_and_report(s, ctx, out, data, items, keys, model, model_id, device, size, stats, t_start)
+    except BaseException as exc:  # record how the run ended, then re-raise it unchanged
+        if ctx.is_main:
+            status = ("interrupted" if isinstance(exc, KeyboardInterrupt)
+                      else f"failed: {type(exc).__name__}: {exc}"[:500])
+            try:
+                _end_run(settings_path, run_entry, stats, t_start, status)
+            except OSError as err:
+                exc.add_note(f"(bench.json could not record the run's end: {err})")
+        raise
+    if ctx.is_main:
+        _end_run(settings_path, run_entry, stats, t_start, "complete")
+    stats.wall_seconds = time.time() - t_start
+    return stats
+
+
+def _end_run(settings_path: Path, run_entry: dict, stats: BenchStats, t_start: float, status: str) -> None:
+    """Write how this run ended (status, wall time, pairs computed / skipped) into bench.json's last run."""
+    meta = _read_json(settings_path)
+    run_entry.update({"status": status, "wall_seconds": round(time.time() - t_start, 3),
+                      "processed_by_main_process": stats.processed, "skipped_by_main_process": stats.skipped})
+    if meta.get("runs"):
+        meta["runs"][-1] = run_entry
+    _write_json(settings_path, meta)
+
+
+def _run_and_report(s: BenchSettings, ctx: ProcessContext, out: Path, data: ImageSet, items: list, keys: list[str],
+                    model, model_id: str, device, size: int, stats: BenchStats, t_start: float) -> None:
+    """Compute every missing (image, method) pair of this process's share, then (main process)
+    aggregate the folder into summary.md / results.csv / grid.png."""
     lay = _Layout(out)
     lay.mkdirs(["clean", "degraded", *[m.name for m in s.methods if m.kind != "source"]])
     (out / "records" / "source").mkdir(parents=True, exist_ok=True)
-    stats = BenchStats(images=len(items), methods=[m.name for m in s.methods], output=str(out),
-                       process=ctx.index, processes=ctx.num)
     mine = shard(items, ctx.index, ctx.num)
     try:
         _process_share(mine, data, lay, model, s.methods, s, device, ctx, stats)
@@ -639,15 +672,6 @@ def run_benchmark(settings: BenchSettings, ctx: Optional[ProcessContext] = None)
         stats.summary = aggregate(out, keys, s.methods, reference=reference, reference_label=ref_label,
                                   seed=s.seed, device=device, allow_download=s.allow_download,
                                   grid_images=s.grid_images, header=header)
-        stats.wall_seconds = time.time() - t_start
-        meta = _read_json(settings_path)
-        run_entry.update({"status": "complete", "wall_seconds": round(stats.wall_seconds, 3),
-                          "processed_by_main_process": stats.processed, "skipped_by_main_process": stats.skipped})
-        if meta.get("runs"):
-            meta["runs"][-1] = run_entry
-        _write_json(settings_path, meta)
-    stats.wall_seconds = time.time() - t_start
-    return stats
 
 
 def _load_reference(s: BenchSettings, size: int) -> tuple[np.ndarray, str]:

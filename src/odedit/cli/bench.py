@@ -15,6 +15,7 @@ from odedit.cli.common import (
     prepare_outdir,
     ranged,
     resolve_device,
+    sigterm_as_interrupt,
 )
 
 DESCRIPTION = """\
@@ -243,7 +244,8 @@ def run(args: argparse.Namespace) -> int:
         command=list(sys.argv),
     )
     try:
-        stats = run_benchmark(settings)
+        with sigterm_as_interrupt():
+            stats = run_benchmark(settings)
     except (BenchError, ModelLoadError, ImageError) as err:
         raise CLIError(str(err)) from None
     if stats.summary is not None:

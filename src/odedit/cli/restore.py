@@ -204,10 +204,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from odedit import __version__
     from odedit.imageio import ImageError, list_images, load_image_uint8, save_png_atomic
     from odedit.imageio import remove_stale_temps, uint8_to_unit, unit_to_uint8
     from odedit.models import ModelLoadError, compile_model, load_model, model_identity
+    from odedit.provenance import code_identity
     from odedit.faces import finish_photo, plan_photo, uses_detection
     from odedit.restorers import ODEdit, SDEdit
 
@@ -267,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
     # a random tag: two runs (processes or calls) may start in the same second with the same seed
     run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{args.seed}-{secrets.token_hex(3)}"
     sidecar["runs"][run_id] = {
-        "odedit_version": __version__,
+        **code_identity(),  # odedit_version, git_commit, git_dirty
         "method": args.method,
         "config": config.to_dict(),
         "model": model_identity(args.model),
