@@ -253,7 +253,7 @@ def build_app(engine: Engine):
                     severity = gr.Slider(1, 5, value=3, step=1, label="severity")
                 method = gr.Radio(["ODEdit", "SDEdit"], value="ODEdit", label="method")
                 preset = gr.Radio(["light", "medium", "heavy", "fast"], value="light",
-                                  label="ODEdit preset (light/medium/heavy: 100/200/300 Langevin updates; fast: 80 model calls)")
+                                  label="ODEdit preset (light/medium/heavy: 100/200/300 Langevin updates: more remove more noise and masks and smooth more; fast: 80 model calls)")
                 langevin = gr.Number(value=0, precision=0, minimum=0, maximum=1000, label="Langevin updates per level (0 = preset)")
                 strength = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="SDEdit strength")
                 seed = gr.Number(value=0, precision=0, minimum=0, label="seed")
