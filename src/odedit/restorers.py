@@ -32,7 +32,8 @@ DEFAULT_PRESET = "light"  # the measured default (docs/results.md); the paper na
 # On 300 val faces with the embedded prior (docs/results.md, Table 1; DPM-Solver++(2M), 20 steps,
 # the presets' Langevin updates at the same levels): light is the best over all
 # corruptions (+0.39 dB over the source, SWD 75 -> 48); medium gains +1.15 dB over light on noise
-# and +0.75 on masks but loses 1.1 on blur and 0.36 dB overall, its faces smoother (SWD 71).
+# and +0.75 on masks but loses 1.1 on blur and 0.36 dB overall, its faces smoother (SWD 71);
+# heavy is worse than medium on every corruption family (-1.22 dB against light, SWD 88).
 PAPER_STEPS = 100
 PAPER_LEVELS = (0, 25, 50, 75)  # of PAPER_STEPS
 PAPER_STEP_SIZE = 1e-6  # epsilon of Algorithm 1 as we read section 4.1

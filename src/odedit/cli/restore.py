@@ -30,10 +30,10 @@ Restore degraded face images with a diffusion prior.
 ODEdit (default) maps each image to the diffusion latent with the DDIM ODE (no noise),
 then refines the latent with Langevin steps at a few levels while decoding (Algorithm 1
 of the ODEdit paper). SDEdit injects noise to a level (--strength) and denoises
-stochastically. More Langevin updates (--preset medium, heavy) remove more noise and
-mask lines and smooth the face more: with the embedded prior light is the best over all
-corruptions and medium on noisy or masked faces (measured with --solver dpm++2m --steps 20:
-docs/results.md).
+stochastically. More Langevin updates remove more noise and mask lines and smooth the
+face more: with the embedded prior light is the best over all corruptions, medium on noisy
+or masked faces, and heavy smooths too much on all (measured with --solver dpm++2m
+--steps 20: docs/results.md).
 
 Inputs: files and/or folders (folders: the images directly inside). Any Pillow-readable
 image and mode is accepted: RGBA is composited over white, greyscale and 16-bit images
