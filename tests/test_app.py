@@ -158,6 +158,8 @@ def test_app_in_a_real_browser(app_server, tmp_path):
         bad = tmp_path / "notes.png"
         bad.write_text("this is not an image")
         page.locator("#upload button[aria-label='Clear']").first.click()
+        # the clear must have landed before the next upload, or a slow page can drop the upload
+        page.locator("#upload").get_by_text(FACE.name).first.wait_for(state="hidden", timeout=120_000)
         page.locator("#upload input[type=file]").set_input_files(str(bad))
         page.locator("#upload").get_by_text("notes.png").first.wait_for(timeout=120_000)
         page.locator("#restore").click()
