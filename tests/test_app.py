@@ -124,21 +124,51 @@ def app_server(tiny_unet_dir, tmp_path):
     log.close()
 
 
+class _PageLog:
+    """What the page and the server said, for a failure message: a timeout alone says nothing."""
+
+    def __init__(self, page, app_log: Path):
+        self.events: list[str] = []
+        self.app_log = app_log
+        t0 = time.time()
+        stamp = lambda: f"{time.time() - t0:6.1f}s"
+        page.on("console", lambda m: self.events.append(f"{stamp()} console.{m.type}: {m.text[:300]}"))
+        page.on("pageerror", lambda e: self.events.append(f"{stamp()} pageerror: {str(e)[:300]}"))
+        page.on("requestfailed", lambda r: self.events.append(f"{stamp()} request failed: {r.method} {r.url} {r.failure}"))
+        page.on("response", lambda r: r.status >= 400 and self.events.append(f"{stamp()} HTTP {r.status}: {r.request.method} {r.url}"))
+        page.on("request", lambda r: "upload" in r.url and self.events.append(f"{stamp()} request: {r.method} {r.url}"))
+
+    def report(self, step: str) -> str:
+        server = self.app_log.read_text()[-3000:] if self.app_log.exists() else "(no app.log)"
+        events = "\n".join(self.events[-40:]) or "(none)"
+        return f"timed out at: {step}\n--- page events ---\n{events}\n--- app.log (tail) ---\n{server}"
+
+
 @needs_browser
 def test_app_in_a_real_browser(app_server, tmp_path):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        log = _PageLog(page, tmp_path / "app.log")
+
+        def wait(step: str, locator, **kw):
+            try:
+                locator.wait_for(**kw)
+            except PlaywrightTimeout as e:
+                page.screenshot(path=str(tmp_path / "timeout.png"), full_page=True)
+                raise AssertionError(log.report(step) + f"\n(screenshot: {tmp_path / 'timeout.png'})") from e
+
         page.goto(app_server, wait_until="domcontentloaded")
-        page.locator("#restore").wait_for(timeout=60_000)
+        wait("page renders", page.locator("#restore"), timeout=60_000)
 
         # 1. A face photo: restore, wait, fetch the download, check it.
         page.locator("#upload input[type=file]").set_input_files(str(FACE))
-        page.locator("#upload").get_by_text(FACE.name).first.wait_for(timeout=120_000)
+        wait("first upload shows its name", page.locator("#upload").get_by_text(FACE.name).first, timeout=120_000)
         page.locator("#restore").click()
-        page.locator("#status").get_by_text("Restored").wait_for(timeout=180_000)
+        wait("restore finishes", page.locator("#status").get_by_text("Restored"), timeout=180_000)
         href = page.locator("#download a").first.get_attribute("href")
         assert href
         url = href if href.startswith("http") else app_server + href
@@ -159,10 +189,10 @@ def test_app_in_a_real_browser(app_server, tmp_path):
         bad.write_text("this is not an image")
         page.locator("#upload button[aria-label='Clear']").first.click()
         # the clear must have landed before the next upload, or a slow page can drop the upload
-        page.locator("#upload").get_by_text(FACE.name).first.wait_for(state="hidden", timeout=120_000)
+        wait("clear lands", page.locator("#upload").get_by_text(FACE.name).first, state="hidden", timeout=120_000)
         page.locator("#upload input[type=file]").set_input_files(str(bad))
-        page.locator("#upload").get_by_text("notes.png").first.wait_for(timeout=120_000)
+        wait("second upload shows its name", page.locator("#upload").get_by_text("notes.png").first, timeout=120_000)
         page.locator("#restore").click()
-        page.locator("#status").get_by_text("not a readable image").wait_for(timeout=120_000)
+        wait("bad file is reported", page.locator("#status").get_by_text("not a readable image"), timeout=120_000)
         assert "Traceback" not in page.content()
         browser.close()
