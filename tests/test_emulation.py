@@ -34,9 +34,30 @@ def test_float32_model_is_untouched(tiny_unet, single_thread):
     assert torch.equal(out, ref)
 
 
-def test_emulated_bf16_unet_matches_native_bf16(tiny_unet_dir, single_thread):
-    """The emulated forward is far closer to PyTorch's native bf16 forward than either is to
-    float32: it reproduces bf16's error, not some other error."""
+def test_emulated_bf16_ops_match_native_bf16_ops(single_thread):
+    """Op by op the emulation is PyTorch's native bf16: without bf16 hardware exactly (the
+    fallback kernels are float32 products, rounded); with AVX512-BF16/AMX up to rounding flips
+    from another float32 summation order (measured: 0.01-0.03 % of elements, one ulp)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 64, 16, 16, generator=g).bfloat16()
+    w, b = torch.randn(64, 64, 3, 3, generator=g).bfloat16(), torch.randn(64, generator=g).bfloat16()
+    m1, m2 = torch.randn(128, 256, generator=g).bfloat16(), torch.randn(256, 64, generator=g).bfloat16()
+    for op in (lambda: F.conv2d(a, w, b, padding=1), lambda: m1 @ m2, lambda: F.linear(m1, m2.T, m2[0])):
+        native = op()
+        with emulate_bf16():
+            emulated = op()
+        assert emulated.dtype == native.dtype == torch.bfloat16
+        assert (emulated != native).float().mean() < 1e-3
+        assert _rel(emulated, native) < 1e-4
+
+
+def test_emulated_bf16_unet_has_the_error_of_native_bf16(tiny_unet_dir, single_thread):
+    """Through a whole UNet the emulated forward has native bf16's error against float32, in size
+    (within 25 %), and lies closer to native than float32 does. Element-wise it matches native
+    only without bf16 hardware: on an AVX512-BF16 EPYC the rare rounding flips of the op test
+    spread through the network (each later rounding of a flipped input goes its own way), so the
+    two realisations of the rounding noise end 0.5-0.75 of its size apart (tiny UNet, measured
+    2026-12-02), while their sizes agree within 3 %."""
     m32 = load_model(tiny_unet_dir)
     mbf = load_model(tiny_unet_dir, dtype=torch.bfloat16)
     x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -48,5 +69,5 @@ def test_emulated_bf16_unet_matches_native_bf16(tiny_unet_dir, single_thread):
         assert emulated.dtype == native.dtype == torch.float32  # the adapter casts back
         err_bf16 = _rel(native, ref)
         assert 1e-3 < err_bf16 < 0.05  # bf16 really is in use (8-bit mantissa)
-        assert _rel(emulated, native) < 0.5 * err_bf16
         assert abs(_rel(emulated, ref) - err_bf16) < 0.25 * err_bf16
+        assert _rel(emulated, native) < err_bf16
