@@ -154,19 +154,27 @@ def test_app_in_a_real_browser(app_server, tmp_path):
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
         log = _PageLog(page, tmp_path / "app.log")
 
+        def shown(name: str):
+            # Only a *visible* element with the name. Gradio's upload-progress box also shows it
+            # (span.file-name, "Uploading 1 file..."); on a loaded machine a hidden one was still in
+            # the DOM ahead of the file table's, so `.first` waited 120 s for it while the page
+            # showed the name (a failed run's screenshot, session 6).
+            return page.locator("#upload").get_by_text(name).filter(visible=True).first
+
         def wait(step: str, locator, **kw):
             try:
                 locator.wait_for(**kw)
             except PlaywrightTimeout as e:
                 page.screenshot(path=str(tmp_path / "timeout.png"), full_page=True)
-                raise AssertionError(log.report(step) + f"\n(screenshot: {tmp_path / 'timeout.png'})") from e
+                texts = page.locator("#upload").evaluate("e => e.innerText")
+                raise AssertionError(log.report(step) + f"\n#upload shows: {texts!r}\n(screenshot: {tmp_path / 'timeout.png'})") from e
 
         page.goto(app_server, wait_until="domcontentloaded")
         wait("page renders", page.locator("#restore"), timeout=60_000)
 
         # 1. A face photo: restore, wait, fetch the download, check it.
         page.locator("#upload input[type=file]").set_input_files(str(FACE))
-        wait("first upload shows its name", page.locator("#upload").get_by_text(FACE.name).first, timeout=120_000)
+        wait("first upload shows its name", shown(FACE.name), timeout=120_000)
         page.locator("#restore").click()
         wait("restore finishes", page.locator("#status").get_by_text("Restored"), timeout=180_000)
         href = page.locator("#download a").first.get_attribute("href")
@@ -189,9 +197,9 @@ def test_app_in_a_real_browser(app_server, tmp_path):
         bad.write_text("this is not an image")
         page.locator("#upload button[aria-label='Clear']").first.click()
         # the clear must have landed before the next upload, or a slow page can drop the upload
-        wait("clear lands", page.locator("#upload").get_by_text(FACE.name).first, state="hidden", timeout=120_000)
+        wait("clear lands", shown(FACE.name), state="hidden", timeout=120_000)
         page.locator("#upload input[type=file]").set_input_files(str(bad))
-        wait("second upload shows its name", page.locator("#upload").get_by_text("notes.png").first, timeout=120_000)
+        wait("second upload shows its name", shown("notes.png"), timeout=120_000)
         page.locator("#restore").click()
         wait("bad file is reported", page.locator("#status").get_by_text("not a readable image"), timeout=120_000)
         assert "Traceback" not in page.content()
