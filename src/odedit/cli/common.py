@@ -110,8 +110,8 @@ def add_odedit_override_args(group) -> None:
         type=ranged(int, 0, 20),
         default=None,
         metavar="J",
-        help="fixed-point refinements per DDIM inversion step (default 0): inversion becomes the exact "
-        "inverse of decoding, at (1 + J) model calls per inversion step",
+        help="fixed-point refinements per DDIM inversion step (default 0; needs --solver ddim): inversion "
+        "becomes the exact inverse of decoding, at (1 + J) model calls per inversion step",
     )
 
 
