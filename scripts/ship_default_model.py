@@ -2,7 +2,8 @@
 
     python scripts/ship_default_model.py runs/prior/model
 
-Loads the model (checking it loads through odedit's own loader), saves it as fp16
+Loads the model (checking it loads through odedit's own loader), saves it (and its Gaussian
+base, if it has one) as fp16
 safetensors in the save_pretrained layout, writes checksums.json (the loader verifies
 it, so a truncated file gives a clear error), and prints the size. Keep it <= 45 MB.
 """
@@ -14,6 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
+from odedit.gaussian import GAUSSIAN_DIR
 from odedit.models import DEFAULT_MODEL_DIR, load_local, write_checksums
 from odedit.unets import save_model
 
@@ -28,6 +30,9 @@ def main() -> None:
     if not sched.is_file():
         sched = args.model / "scheduler_config.json"
     save_model(model.unet, args.dest, scheduler_config=json.loads(sched.read_text()), fp16=True)
+    base = getattr(model, "base", None)  # the Gaussian base of a residual prior (basis in fp16)
+    if base is not None:
+        base.save(args.dest / GAUSSIAN_DIR)
     info = args.model / "odedit_train.json"  # provenance: step, images seen, settings
     if info.is_file():
         shutil.copyfile(info, args.dest / info.name)

@@ -22,11 +22,15 @@ def test_shipped_files_are_fp16_checksummed_and_small():
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {models.CHECKSUM_FILE}
     assert set(sums) == files  # every shipped file is covered
     models.verify_checksums(root)
-    weights = [p for p in root.rglob("*.safetensors")]
+    weights = [p for p in root.rglob("*.safetensors") if p.parent.name != "gaussian"]
     assert weights
     for w in weights:
         with safe_open(str(w), framework="pt") as fh:
             assert {fh.get_tensor(k).dtype for k in fh.keys()} == {torch.float16}
+    gauss = root / "gaussian" / "gaussian.safetensors"
+    if gauss.is_file():  # the Gaussian base: its basis (the bulk) in fp16, mean and eigenvalues float32
+        with safe_open(str(gauss), framework="pt") as fh:
+            assert fh.get_tensor("basis").dtype == torch.float16
     info = json.loads((root / "odedit_train.json").read_text())
     assert info["weights"] in ("ema", "raw") and info["images_seen"] > 0
 

@@ -332,3 +332,41 @@ def test_ema_power_and_min_snr_train_and_are_recorded(blobs, tmp_path):
         config(blobs, tmp_path / "x", steps=1, ema_power=1.5).validate()
     with pytest.raises(TrainError, match="gamma"):
         config(blobs, tmp_path / "x", steps=1, min_snr_gamma=0.0).validate()
+
+
+# ---- the Gaussian base --------------------------------------------------------------------
+
+
+def test_gaussian_base_run_starts_at_the_gaussian_and_resumes(trained, blobs, tmp_path):
+    from odedit.gaussian import GaussianBase
+    from odedit.models import GaussianResidualEps, load_model
+
+    _, scratch = trained
+    run = train(config(blobs, tmp_path / "gb", steps=4, checkpoint_every=2, gaussian_rank=8), log=quiet)
+    base = GaussianBase.load(tmp_path / "gb" / "gaussian")
+    assert base.rank == 8 and base.shape == (3, 16, 16) and base.num_images == 64  # 32 faces + mirrors
+    # The zeroed head: the first loss is the Gaussian's, far below a fresh network's.
+    assert run.records[0]["loss"] < 0.5 * scratch.records[0]["loss"]
+    model = load_model(tmp_path / "gb" / "model")
+    assert isinstance(model, GaussianResidualEps) and model.base.rank == 8
+    assert json.loads((tmp_path / "gb" / "model" / "odedit_train.json").read_text())["gaussian_rank"] == 8
+    # Resuming keeps the run's base (no new fit: --gaussian-rank is not needed again).
+    more = train(config(None, tmp_path / "gb", steps=6, resume=True), log=quiet)
+    assert (more.start_step, more.step) == (4, 6)
+    assert isinstance(load_model(tmp_path / "gb" / "model"), GaussianResidualEps)
+
+
+def test_warm_start_from_a_plain_model_zeroes_the_head(trained, blobs, tmp_path):
+    from odedit.models import load_model
+
+    out, _ = trained
+    train(config(blobs, tmp_path / "w", steps=0, resume_from_weights=str(out / "model"), gaussian_rank=6), log=quiet)
+    model = load_model(tmp_path / "w" / "model")
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for t in (5, 400, 900):
+            torch.testing.assert_close(model(x, t), model.base.eps(x, model.schedule.alpha_bar_at(t)))
+    # A model that has a base passes it on: the new run is a residual on the same base.
+    train(config(blobs, tmp_path / "w2", steps=1, resume_from_weights=str(tmp_path / "w" / "model")), log=quiet)
+    again = load_model(tmp_path / "w2" / "model")
+    torch.testing.assert_close(again.base.basis, model.base.basis)

@@ -27,6 +27,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from odedit.gaussian import GAUSSIAN_DIR, GaussianBase
 from odedit.schedule import NoiseSchedule, v_to_eps, x0_to_eps
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -108,7 +109,44 @@ class UNetEps:
         return x0_to_eps(x, out, ab)
 
 
-def compile_model(model: UNetEps) -> UNetEps:
+@dataclass(eq=False)
+class GaussianResidualEps:
+    """A face prior whose denoiser is a closed-form Gaussian plus a learned residual.
+
+        eps(x, t) = E_G[eps | x_t] + r_theta(x_t, t)
+
+    ``base`` is the PPCA Gaussian of the training faces (:mod:`odedit.gaussian`, exact posterior
+    mean of the noise); ``net`` is the network that learned what the Gaussian misses (its output is
+    the residual, in eps units). With a zero network this is the Gaussian's own denoiser. Model
+    folders with a ``gaussian/`` sub-folder load as this; the eps contract is unchanged.
+    """
+
+    net: UNetEps
+    base: GaussianBase
+
+    def __post_init__(self) -> None:
+        if self.net.prediction_type != "epsilon":
+            raise ValueError(
+                f"a Gaussian-residual network must predict epsilon, got {self.net.prediction_type!r}"
+            )
+        want = (self.net.in_channels, self.net.sample_size, self.net.sample_size)
+        if tuple(self.base.shape) != want:
+            raise ValueError(f"the Gaussian base is for images {tuple(self.base.shape)}, the network for {want}")
+
+    schedule = property(lambda self: self.net.schedule)
+    sample_size = property(lambda self: self.net.sample_size)
+    in_channels = property(lambda self: self.net.in_channels)
+    unet = property(lambda self: self.net.unet)
+    prediction_type = property(lambda self: self.net.prediction_type)
+    device = property(lambda self: self.net.device)
+    dtype = property(lambda self: self.net.dtype)
+
+    def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        base = self.base.eps(x, self.net.schedule.alpha_bar_at(int(t)))  # float32 whatever the net's dtype
+        return base + self.net(x, t)
+
+
+def compile_model(model):
     """The same model with its network wrapped in ``torch.compile`` (an opt-in speed-up).
 
     Measured on the shipped prior, fp32, batch 16, 2 AVX2 cores (docs/performance.md): 53.2 ms
@@ -117,6 +155,8 @@ def compile_model(model: UNetEps) -> UNetEps:
     new batch size may compile once more), so it pays off from ~30 faces, not for one photo.
     Needs a working C++ compiler on CPU (inductor). The eps contract is unchanged.
     """
+    if isinstance(model, GaussianResidualEps):
+        return GaussianResidualEps(compile_model(model.net), model.base)
     compiled = torch.compile(model.unet, dynamic=None)
     return UNetEps(compiled, model.schedule, model.prediction_type)
 
@@ -150,7 +190,12 @@ def verify_checksums(model_dir: Path) -> None:
     listing = model_dir / CHECKSUM_FILE
     if not listing.is_file():
         return
-    sums = json.loads(listing.read_text())
+    try:
+        sums = json.loads(listing.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ModelLoadError(f"cannot read {listing}: {_one_line(err)}; reinstall or re-export the model") from None
+    if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
+        raise ModelLoadError(f"{listing} is not a JSON object of file -> sha256; reinstall or re-export the model")
     for rel, expected in sums.items():
         path = model_dir / rel
         if not path.is_file():
@@ -184,6 +229,46 @@ def _find_layout(root: Path) -> tuple[Path, Path]:
     )
 
 
+MAX_TRAIN_TIMESTEPS = 100_000  # far above any diffusion model's T (1000 is usual); bounds memory
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def read_scheduler_config(path: Path) -> dict:
+    """The scheduler config at ``path``, checked: a JSON object from which a valid noise schedule
+    and a known prediction type follow. Every defect is a one-line ModelLoadError naming the file,
+    raised before the (large) weights are read."""
+    try:
+        cfg = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ModelLoadError(f"cannot read scheduler config {path}: {_one_line(err)}") from None
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"scheduler config {path} is not a JSON object (got {type(cfg).__name__})")
+    steps = cfg.get("num_train_timesteps", 1000)
+    whole = isinstance(steps, int) or (isinstance(steps, float) and steps.is_integer())
+    if isinstance(steps, bool) or not whole or not 1 <= steps <= MAX_TRAIN_TIMESTEPS:
+        raise ModelLoadError(
+            f"scheduler config {path}: num_train_timesteps must be an integer in [1, {MAX_TRAIN_TIMESTEPS}], "
+            f"got {steps!r}"
+        )
+    betas = cfg.get("trained_betas")
+    if betas is not None and (not isinstance(betas, list) or not 1 <= len(betas) <= MAX_TRAIN_TIMESTEPS):
+        raise ModelLoadError(f"scheduler config {path}: trained_betas must be a list of 1 to {MAX_TRAIN_TIMESTEPS} numbers")
+    prediction_type = cfg.get("prediction_type", "epsilon")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ModelLoadError(
+            f"scheduler config {path}: prediction_type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}"
+        )
+    try:
+        NoiseSchedule.from_scheduler_config(cfg)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+        raise ModelLoadError(f"scheduler config {path} does not give a valid noise schedule: {_one_line(err)}") from None
+    return cfg
+
+
 def load_local(
     root: Path,
     device: torch.device | str = "cpu",
@@ -195,10 +280,7 @@ def load_local(
     root = Path(root)
     verify_checksums(root)
     unet_dir, sched_path = _find_layout(root)
-    try:
-        sched_cfg = json.loads(sched_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"cannot read scheduler config {sched_path}: {err}") from err
+    sched_cfg = read_scheduler_config(sched_path)
     try:
         with _LOAD_LOCK:
             unet = UNet2DModel.from_pretrained(unet_dir, torch_dtype=dtype)
@@ -206,7 +288,14 @@ def load_local(
         raise ModelLoadError(f"cannot load UNet2DModel from {unet_dir}: {err}") from err
     unet = unet.to(device).eval().requires_grad_(False)
     prediction_type = sched_cfg.get("prediction_type", "epsilon")
-    return UNetEps(unet, NoiseSchedule.from_scheduler_config(sched_cfg), prediction_type)
+    model = UNetEps(unet, NoiseSchedule.from_scheduler_config(sched_cfg), prediction_type)
+    gauss_dir = root / GAUSSIAN_DIR
+    if not gauss_dir.is_dir():
+        return model  # a plain diffusers model
+    try:
+        return GaussianResidualEps(model, GaussianBase.load(gauss_dir).to(device))
+    except ValueError as err:
+        raise ModelLoadError(f"model {root}: {err}") from err
 
 
 def _download(repo_id: str) -> Path:

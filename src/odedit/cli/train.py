@@ -106,6 +106,15 @@ def add_parser(subparsers) -> None:
         help="min-SNR-G loss weighting (Hang et al. 2023), e.g. 5; default: uniform (DDPM simple loss)",
     )
     g.add_argument(
+        "--gaussian-rank",
+        type=ranged(int, 0, 4096),
+        default=None,
+        metavar="K",
+        help=f"train the network as a residual on a closed-form Gaussian of the training faces (PPCA: mean, "
+        f"top-K principal directions, one variance for the rest; fitted at the start, saved in the model "
+        f"folder's gaussian/); 0 = a plain eps network (default {DEFAULT_GAUSSIAN_RANK})",
+    )
+    g.add_argument(
         "--mixed-precision",
         choices=("auto", "no", "bf16", "fp16"),
         default=None,
@@ -147,11 +156,14 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
+# The rank of the Gaussian base of a new run (docs/training.md: the rank study).
+DEFAULT_GAUSSIAN_RANK = 512
+
 # Settings a resumed run takes from its train_config.json unless given again on the command line.
 INHERITED = (
     "data", "config", "resolution", "fit", "flip", "workers", "steps", "minutes", "batch_size", "grad_accum",
     "lr", "warmup_steps", "lr_schedule", "weight_decay", "max_grad_norm", "ema_decay", "ema_power",
-    "min_snr_gamma", "mixed_precision", "tf32",
+    "min_snr_gamma", "gaussian_rank", "mixed_precision", "tf32",
     "compile", "seed", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "export_fp16",
     "export_raw", "sample_every", "sample_steps", "num_samples", "log_every",
 )  # fmt: skip
@@ -192,7 +204,7 @@ def run(args) -> int:
             resume_from_weights=args.resume_from_weights,
             cpu=args.cpu,
             progress=not args.quiet,
-            **{"mixed_precision": "auto", **resolve_settings(args)},
+            **{"mixed_precision": "auto", "gaussian_rank": DEFAULT_GAUSSIAN_RANK, **resolve_settings(args)},
         )
     except TypeError as err:  # pragma: no cover - a saved config from another version
         raise CLIError(f"incompatible saved settings: {err}") from None

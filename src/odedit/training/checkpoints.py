@@ -65,8 +65,13 @@ def _replace_dir(src: Path, dst: Path) -> None:
         os.replace(src, dst)
 
 
-def export_model(unet, target: Path, scheduler_config: dict, fp16: bool = False, info: Optional[dict] = None) -> Path:
+def export_model(
+    unet, target: Path, scheduler_config: dict, fp16: bool = False, info: Optional[dict] = None, gaussian=None
+) -> Path:
     """Write a ``save_pretrained`` model folder (+ ``odedit_train.json``, ``checksums.json``) atomically.
+
+    ``gaussian`` (an :class:`odedit.gaussian.GaussianBase`) is saved in ``gaussian/``: the folder
+    then loads as a Gaussian base plus the network's residual.
 
     The folder is built complete under a temporary name and renamed into place.
     """
@@ -78,6 +83,10 @@ def export_model(unet, target: Path, scheduler_config: dict, fp16: bool = False,
         shutil.rmtree(staging)
     try:
         save_model(unet, staging, scheduler_config, fp16=fp16)
+        if gaussian is not None:
+            from odedit.gaussian import GAUSSIAN_DIR
+
+            gaussian.save(staging / GAUSSIAN_DIR)
         if info is not None:
             (staging / TRAIN_INFO).write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
         write_checksums(staging)
@@ -96,7 +105,7 @@ def _read_json(path: Path) -> Optional[dict]:
 
 
 def _load_weights(path: str):
-    """(UNet2DModel in train mode, scheduler config) from a local save_pretrained folder."""
+    """(UNet2DModel in train mode, scheduler config, its Gaussian base or None) from a model folder."""
     from odedit.models import ModelLoadError, _find_layout, load_local
 
     root = Path(path).expanduser()
@@ -112,7 +121,8 @@ def _load_weights(path: str):
             f"--resume-from-weights {path}: the model predicts {model.prediction_type!r}; "
             "odedit train trains epsilon-prediction models only"
         )
-    return model.unet.requires_grad_(True).train(), sched_cfg
+    base = getattr(model, "base", None)
+    return model.unet.requires_grad_(True).train(), sched_cfg, None if base is None else base.to("cpu")
 
 
 def _truncate_log(path: Path, keep_upto: int) -> None:

@@ -50,6 +50,9 @@ class TrainConfig:
     # None: the "simple" loss (uniform over t). A value g: min-SNR-g weighting (Hang et al.
     # 2023) of the eps loss, w(t) = min(SNR(t), g) / SNR(t).
     min_snr_gamma: Optional[float] = None
+    # Rank k of the closed-form Gaussian base (PPCA of the training faces) the network learns a
+    # residual on (odedit.training.base); 0 = none (a plain eps network, as before).
+    gaussian_rank: Optional[int] = 0
     mixed_precision: str = "no"
     tf32: bool = True  # CUDA only: TF32 matmuls/convs in fp32 training (Ampere and newer)
     compile: bool = False
@@ -92,6 +95,8 @@ class TrainConfig:
             raise TrainError(f"EMA warm-up power must be in (0, 1], got {self.ema_power}")
         if self.min_snr_gamma is not None and not self.min_snr_gamma > 0.0:
             raise TrainError(f"min-SNR gamma must be > 0, got {self.min_snr_gamma}")
+        if self.gaussian_rank is not None and not 0 <= self.gaussian_rank <= 4096:
+            raise TrainError(f"gaussian rank must be in 0..4096, got {self.gaussian_rank}")
         for name in ("batch_size", "grad_accum", "sample_steps", "num_samples", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise TrainError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -46,6 +46,7 @@ from odedit.training.checkpoints import (
     latest_checkpoint,
     list_checkpoints,
 )
+from odedit.training.base import resolve_gaussian_base
 from odedit.training.config import TrainConfig, TrainError, TrainResult
 from odedit.training.losses import _noise_tables, _noisy, lr_at, min_snr_weights, weighted_eps_loss
 from odedit.unets import DEFAULT_SCHEDULER_CONFIG, build_unet
@@ -160,10 +161,11 @@ def _train(cfg: TrainConfig, log: Optional[Callable[[str], None]]) -> TrainResul
 
     # 1. Where are we: fresh, resumed, or from weights.
     ckpt, saved, data_path = _locate_run(cfg, out, say)
-    unet, scheduler_config, config_name, resolution = _initial_model(cfg, saved, say)
+    unet, scheduler_config, config_name, resolution, weights_base = _initial_model(cfg, saved, say)
     schedule = NoiseSchedule.from_scheduler_config(scheduler_config)
-    # 2. Data, decoded once into memory.
+    # 2. Data, decoded once into memory; the Gaussian base the network is a residual on (if any).
     dataset, images, stream = _load_images(cfg, data_path, resolution, main, accelerator.device, say)
+    base = resolve_gaussian_base(cfg, out, saved is not None, weights_base, unet, dataset, main, say)
     # 3. Model, optimizer, EMA, accelerate.
     model, optimizer, raw, ema, state = _prepare_model(cfg, accelerator, unet)
     if ckpt is not None:
@@ -190,6 +192,7 @@ def _train(cfg: TrainConfig, log: Optional[Callable[[str], None]]) -> TrainResul
         raw=raw,
         ema=ema,
         state=state,
+        base=None if base is None else base.to(accelerator.device),
     )
     # 4. Run folder: resolved config, log (truncated to the resumed step), samples.
     run.write_run_folder()
@@ -279,6 +282,7 @@ def _initial_model(cfg: TrainConfig, saved: Optional[dict], say: Callable[[str],
     from diffusers import UNet2DModel
 
     set_seed(cfg.seed)  # model initialisation
+    weights_base = None
     if saved is not None:
         res = saved["resolved"]
         for key, mine in (("config", cfg.config), ("resolution", cfg.resolution)):
@@ -290,7 +294,7 @@ def _initial_model(cfg: TrainConfig, saved: Optional[dict], say: Callable[[str],
         scheduler_config = res["scheduler_config"]
         config_name, resolution = res["config"], int(res["resolution"])
     elif cfg.resume_from_weights:
-        unet, scheduler_config = _load_weights(cfg.resume_from_weights)
+        unet, scheduler_config, weights_base = _load_weights(cfg.resume_from_weights)
         size = unet.config.sample_size
         resolution = int(size[0] if isinstance(size, (list, tuple)) else size)
         if cfg.resolution is not None and cfg.resolution != resolution:
@@ -304,7 +308,7 @@ def _initial_model(cfg: TrainConfig, saved: Optional[dict], say: Callable[[str],
         config_name, resolution = cfg.config or "celeba64", cfg.resolution or 64
         unet = build_unet(config_name, resolution)
         scheduler_config = dict(DEFAULT_SCHEDULER_CONFIG)
-    return unet, scheduler_config, config_name, resolution
+    return unet, scheduler_config, config_name, resolution, weights_base
 
 
 def _load_images(cfg: TrainConfig, data_path: str, resolution: int, main: bool, device, say: Callable[[str], None]):
@@ -393,6 +397,7 @@ class _Run:
     raw: Any  # the unwrapped UNet2DModel
     ema: Any
     state: _TrainerState
+    base: Any = None  # the Gaussian base (odedit.gaussian.GaussianBase) on the device, or None
     ema_unet: Any = field(default=None, init=False)  # the EMA weights as a network (main only)
 
     def __post_init__(self) -> None:
@@ -403,6 +408,8 @@ class _Run:
         self.T = self.schedule.num_train_timesteps
         self.start_step = self.state.step
         self.tables = _noise_tables(self.schedule, self.device)
+        ab = self.schedule.alpha_bar  # float64 (float32 on MPS, which has no float64): the Gaussian base's
+        self.alpha_bar = (ab.float() if self.device.type == "mps" else ab).to(self.device)
         self.loss_weights = (
             None if cfg.min_snr_gamma is None else min_snr_weights(self.schedule, cfg.min_snr_gamma).to(self.device)
         )
@@ -461,7 +468,7 @@ class _Run:
 
     def write_samples(self, step: int) -> None:
         from odedit.imageio import save_png_atomic
-        from odedit.models import UNetEps
+        from odedit.models import GaussianResidualEps, UNetEps
         from odedit.rng import generators_for
         from odedit.sampling import ddim_sample, grid_image
 
@@ -469,7 +476,10 @@ class _Run:
         net = self.ema_network()
         gens = generators_for([mix_seed(cfg.seed, 0x5A3E, i) for i in range(cfg.num_samples)], "cpu")
         with torch.no_grad():
-            x = ddim_sample(UNetEps(net, self.schedule), gens, steps=cfg.sample_steps, batch_size=64)
+            model = UNetEps(net, self.schedule)
+            if self.base is not None:
+                model = GaussianResidualEps(model, self.base)
+            x = ddim_sample(model, gens, steps=cfg.sample_steps, batch_size=64)
         save_png_atomic(self.out / "samples" / f"step_{step:06d}.png", grid_image(x))
 
     def info(self, step: int) -> dict:
@@ -482,6 +492,7 @@ class _Run:
             ema_decay=cfg.ema_decay,
             ema_power=cfg.ema_power,
             min_snr_gamma=cfg.min_snr_gamma,
+            gaussian_rank=0 if self.base is None else self.base.rank,
             weights="ema",
             data=str(self.data_path),
             train_seconds=round(self.state.train_seconds, 1),
@@ -489,10 +500,12 @@ class _Run:
 
     def export(self, step: int) -> Path:
         cfg, out = self.cfg, self.out
-        target = export_model(self.ema_network(), out / "model", self.scheduler_config, cfg.export_fp16, self.info(step))
+        target = export_model(
+            self.ema_network(), out / "model", self.scheduler_config, cfg.export_fp16, self.info(step), self.base
+        )
         if cfg.export_raw:
             info = dict(self.info(step), weights="raw")
-            export_model(self.raw, out / "model_raw", self.scheduler_config, cfg.export_fp16, info)
+            export_model(self.raw, out / "model_raw", self.scheduler_config, cfg.export_fp16, info, self.base)
         return target
 
     def checkpoint(self, step: int) -> Path:
@@ -649,7 +662,10 @@ class _Run:
             noise = torch.randn(x0.shape, generator=gen, device=device)
             t = torch.randint(0, self.T, (B,), generator=gen, device=device)
             with accelerator.accumulate(model):
-                pred = model(_noisy(x0, t, noise, self.tables), t, return_dict=False)[0]
+                x_t = _noisy(x0, t, noise, self.tables)
+                pred = model(x_t, t, return_dict=False)[0]
+                if self.base is not None:  # the network is the residual on the Gaussian (float32)
+                    pred = pred.float() + self.base.eps(x_t, self.alpha_bar[t])
                 loss = weighted_eps_loss(pred, noise, t, self.loss_weights)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
