@@ -157,6 +157,157 @@ def test_full_disk(tiny_unet_dir, tmp_path):
     assert pngs(out) == [] and hidden(out) == []  # no partial PNG, no temp file
 
 
+# ---- outputs that are inputs: never written over, whatever the flags --------------------------------
+
+
+def _photos(folder: Path, names=("a.png", "b.png", "p.jpg")) -> dict[str, bytes]:
+    folder.mkdir(exist_ok=True)
+    for i, name in enumerate(names):
+        Image.fromarray(face_like(seed=i)).save(folder / name)
+    return {name: (folder / name).read_bytes() for name in names}
+
+
+@pytest.mark.parametrize("flags", [[], ["--overwrite"], ["--skip-existing"]])
+def test_output_folder_that_is_the_input_folder_is_refused(flags, tiny_unet_dir, tmp_path, capsys, monkeypatch):
+    """The issue's reproduction: mkdir same; a.png b.png p.jpg; odedit restore same -o same."""
+    monkeypatch.chdir(tmp_path)
+    before = _photos(Path("same"))
+    rc = main(["restore", "same", "-o", "same", "--model", str(tiny_unet_dir), *FAST, *flags])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and "is the input" in err and "never writes over an input" in err, err
+    assert {p.name: p.read_bytes() for p in Path("same").iterdir()} == before  # nothing written, nothing changed
+
+
+@pytest.mark.parametrize("how", ["relative in, absolute out", "symlinked folder", "symlinked output file",
+                                 "hard-linked output file", "dot-dot path"])
+def test_output_that_resolves_to_an_input_is_refused(how, tiny_unet_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = _photos(Path("in"), names=("a.png",))
+    out = tmp_path / "out"
+    if how == "relative in, absolute out":
+        out = tmp_path / "in"
+    elif how == "symlinked folder":
+        out.symlink_to(tmp_path / "in", target_is_directory=True)
+    elif how == "symlinked output file":
+        out.mkdir()
+        (out / "a.png").symlink_to(tmp_path / "in" / "a.png")
+    elif how == "hard-linked output file":
+        out.mkdir()
+        os.link(tmp_path / "in" / "a.png", out / "a.png")
+    else:
+        out = Path("in") / ".." / "in"
+    rc = main(["restore", "in/a.png", "-o", str(out), "--model", str(tiny_unet_dir), *FAST, "--overwrite"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "is the input" in err and len(err.splitlines()) == 1, err
+    assert (tmp_path / "in" / "a.png").read_bytes() == before["a.png"]
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["a.png"]
+
+
+def test_rerun_into_the_input_folder_does_not_take_its_outputs_for_inputs(tiny_unet_dir, tmp_path, capsys):
+    """Outputs in the input folder under names that are not inputs are allowed; a later run
+    leaves out the files restore.json lists as outputs (no `p.png already taken`, no p.png
+    restored as a photo)."""
+    same = tmp_path / "same"
+    before = _photos(same, names=("p.jpg", "q.jpg"))
+    common = ["restore", str(same), "-o", str(same), "--model", str(tiny_unet_dir), *FAST]
+    assert main(common) == 0
+    assert pngs(same) == ["p.png", "q.png"]
+    capsys.readouterr()
+    assert main([*common, "--skip-existing"]) == 0
+    err = capsys.readouterr().err
+    assert "left out 2 file(s)" in err and "2 already done, skipped" in err, err
+    assert main([*common, "--overwrite", "--seed", "4"]) == 0  # outputs (not inputs) may be replaced
+    meta = json.loads((same / "restore.json").read_text())
+    assert len(meta["runs"]) == 3
+    assert all(r["failures"] == [] and r["status"] == "complete" for r in meta["runs"].values())
+    assert {e["input"] for e in meta["images"].values()} == {str(same / "p.jpg"), str(same / "q.jpg")}
+    assert all((same / n).read_bytes() == b for n, b in before.items())
+
+
+@pytest.mark.parametrize("fault, rc, status", [
+    (PermissionError(13, "Permission denied"), 2, "stopped"),
+    (KeyboardInterrupt(), 130, "interrupted"),
+])
+def test_stopped_or_interrupted_run_still_records_its_work(fault, rc, status, tiny_unet_dir, tmp_path, monkeypatch):
+    """restore.json is merged however the run ends: the PNGs already written have their entries
+    and the run says how it ended."""
+    import odedit.imageio as imageio
+
+    _photos(tmp_path / "in", names=("a.png", "b.png", "c.png"))
+    real = imageio.save_png_atomic
+    calls = []
+
+    def fail_second(path, image):
+        calls.append(path)
+        if len(calls) == 2:
+            raise fault
+        real(path, image)
+
+    monkeypatch.setattr(imageio, "save_png_atomic", fail_second)
+    out = tmp_path / "out"
+    assert main(["restore", str(tmp_path / "in"), "-o", str(out), "--model", str(tiny_unet_dir), *FAST,
+                 "--batch-size", "1"]) == rc
+    meta = json.loads((out / "restore.json").read_text())
+    (run,) = meta["runs"].values()
+    assert run["status"] == status and set(meta["images"]) == {"a.png"} == set(pngs(out))
+    assert run["failures"] == []
+    if status == "stopped":
+        assert "cannot write" in run["error"] and "Permission denied" in run["error"]
+
+
+# ---- outputs: long names, file modes ------------------------------------------------------------------
+
+
+def test_long_file_names_fit_and_an_unwritable_name_is_one_failed_file(tiny_unet_dir, tmp_path, capsys):
+    """A 250-character name is restored (its temp name is short); an input whose output name would
+    pass the 255-byte limit fails alone, the files after it are restored and restore.json is written."""
+    folder = tmp_path / "in"
+    long_name = "L" * 246 + ".png"
+    _photos(folder, names=("a.png", long_name, "z.png"))
+    too_long = tmp_path / ("M" * 253)  # output M...M.png: 257 bytes
+    Image.fromarray(face_like(seed=7)).save(too_long, format="PNG")
+    out = tmp_path / "out"
+    rc = main(["restore", str(too_long), str(folder), "-o", str(out), "--model", str(tiny_unet_dir), *FAST,
+               "--batch-size", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert pngs(out) == sorted(["a.png", long_name, "z.png"])
+    assert "1 input(s) failed" in err and "File name too long" in err
+    assert hidden(out) == []
+    (run,) = json.loads((out / "restore.json").read_text())["runs"].values()
+    assert [f["input"] for f in run["failures"]] == [str(too_long)]
+
+
+def test_atomic_writers_use_short_temp_names(tmp_path):
+    """Each atomic writer of the package can write a 250-byte final name."""
+    from odedit.bench.records import _atomic_write_text
+    from odedit.cli.common import write_json_atomic
+    from odedit.imageio import save_png_atomic
+    from odedit.unets import build_unet, save_model
+
+    stem = "S" * 245
+    save_png_atomic(tmp_path / f"{stem}.png", face_like())
+    write_json_atomic(tmp_path / f"{stem}.json", {"a": 1})
+    _atomic_write_text(tmp_path / f"{stem}.csv", "x\n")
+    save_model(build_unet("tiny", 16), tmp_path / f"{stem}.model")
+    save_model(build_unet("tiny", 16), tmp_path / f"{stem}.model")  # replacing an existing folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{stem}{e}" for e in (".png", ".json", ".csv", ".model"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_outputs_get_the_mode_of_an_ordinary_file_write(umask, tiny_unet_dir, tmp_path):
+    Image.fromarray(face_like()).save(tmp_path / "a.png")
+    old = os.umask(umask)
+    try:
+        assert main(["restore", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", str(tiny_unet_dir),
+                     *FAST]) == 0
+    finally:
+        os.umask(old)
+    for name in ("a.png", "restore.json"):
+        assert (tmp_path / "o" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
 # ---- settings ----------------------------------------------------------------------------------------
 
 
@@ -180,6 +331,15 @@ def test_diverging_settings_are_errors_not_results(tiny_unet_dir, tmp_path, caps
         (["--min-face-score", "1"], "out of range"),
         (["--seed", "-3"], "out of range"),
         (["--overwrite", "--skip-existing"], "exclude each other"),
+        (["--langevin-steps", "100000000000000000000"], "out of range [0, 10000]"),
+        (["--steps", "1001"], "out of range [1, 1000]"),
+        (["--max-faces", "1001"], "out of range [1, 1000]"),
+        (["--batch-size", "4097"], "out of range [1, 4096]"),
+        (["--min-face-score", "nan"], "nan is not a finite number"),
+        (["--temperature", "nan"], "nan is not a finite number"),
+        (["--decode-threshold", "nan"], "nan is not a finite number"),
+        (["--eta", "nan", "--method", "sdedit"], "nan is not a finite number"),
+        (["--strength", "nan", "--method", "sdedit"], "nan is not a finite number"),
     ],
 )
 def test_bad_settings(flags, message, tiny_unet_dir, tmp_path, capsys):
@@ -192,6 +352,25 @@ def test_bad_settings(flags, message, tiny_unet_dir, tmp_path, capsys):
     assert rc == 2
     assert message in capsys.readouterr().err
     assert pngs(tmp_path / "o") == []
+
+
+def test_count_flag_bounds_are_in_the_help():
+    from odedit.cli import build_parser
+
+    parser = build_parser()
+    restore = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "restore")[1]
+    helps = {opt: action.help for action in restore._actions for opt in action.option_strings}
+    for flag, bound in [("--langevin-steps", "0-10000"), ("--steps", "1-1000"), ("--max-faces", "1-1000"),
+                        ("--batch-size", "1-4096")]:
+        assert bound in helps[flag], (flag, helps[flag])
+
+
+def test_a_very_long_run_is_announced_before_it_starts(tmp_path, capsys):
+    Image.fromarray(face_like()).save(tmp_path / "a.png")
+    rc = main(["restore", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "no" / "such" / "m"),
+               *FAST, "--langevin-steps", "5000"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "model calls per face" in err and "will take long" in err
 
 
 def test_temperature_zero_is_valid_and_deterministic(tiny_unet_dir, tmp_path):
@@ -242,6 +421,54 @@ def test_model_folder_without_scheduler(tiny_unet_dir, tmp_path, capsys):
     shutil.rmtree(m / "scheduler")
     rc = main(["restore", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", str(m), *FAST])
     assert rc == 2 and "no scheduler config" in capsys.readouterr().err
+
+
+def _edit_scheduler(**changes):
+    def edit(text: str) -> str:
+        return json.dumps({**json.loads(text), **changes})
+
+    return edit
+
+
+MALFORMED_MODELS = {
+    "checksums not JSON": ("checksums.json", "{not json", "cannot read .*checksums.json"),
+    "checksums a list": ("checksums.json", "[1, 2, 3]", "checksums.json is not a JSON object"),
+    "scheduler not JSON": ("scheduler/scheduler_config.json", "{not json", "cannot read scheduler config"),
+    "scheduler a list": ("scheduler/scheduler_config.json", "[1,2,3]", "is not a JSON object \\(got list\\)"),
+    "scheduler a string": ("scheduler/scheduler_config.json", '"x"', "is not a JSON object"),
+    "T = 0": ("scheduler/scheduler_config.json", _edit_scheduler(num_train_timesteps=0), "num_train_timesteps must be"),
+    "T not a number": ("scheduler/scheduler_config.json", _edit_scheduler(num_train_timesteps="many"),
+                       "num_train_timesteps must be"),
+    "T huge": ("scheduler/scheduler_config.json", _edit_scheduler(num_train_timesteps=10**12), "num_train_timesteps must be"),
+    "unknown beta schedule": ("scheduler/scheduler_config.json", _edit_scheduler(beta_schedule="nope"),
+                              "does not give a valid noise schedule"),
+    "beta_end 2": ("scheduler/scheduler_config.json", _edit_scheduler(beta_end=2.0), "does not give a valid noise schedule"),
+    "beta_start a string": ("scheduler/scheduler_config.json", _edit_scheduler(beta_start="x"),
+                            "does not give a valid noise schedule"),
+    "trained_betas out of range": ("scheduler/scheduler_config.json", _edit_scheduler(trained_betas=[2.0]),
+                                   "does not give a valid noise schedule"),
+    "trained_betas not a list": ("scheduler/scheduler_config.json", _edit_scheduler(trained_betas=3),
+                                 "trained_betas must be a list"),
+    "unknown prediction type": ("scheduler/scheduler_config.json", _edit_scheduler(prediction_type="bogus"),
+                                "prediction_type 'bogus' is not one of"),
+    "unet config not JSON": ("unet/config.json", "{not json", "cannot load UNet2DModel"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_MODELS))
+def test_malformed_model_folder_is_one_line_and_exit_2(case, tiny_unet_dir, tmp_path, capsys):
+    """Every defect of a model folder is a one-line error (exit 2), never a traceback."""
+    rel, content, message = MALFORMED_MODELS[case]
+    Image.fromarray(face_like()).save(tmp_path / "a.png")
+    m = _copy_model(tiny_unet_dir, tmp_path / "m")
+    target = m / rel
+    target.write_text(content(target.read_text()) if callable(content) else content)
+    rc = main(["restore", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", str(m), *FAST])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("odedit restore: error:"), err
+    assert re.search(message, err), err
+    assert pngs(tmp_path / "o") == []
 
 
 # ---- data: a zip with a corrupt member ---------------------------------------------------------------
@@ -446,10 +673,11 @@ def test_stale_temp_files_of_dead_writers_are_removed_live_ones_kept(tmp_path):
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid, live_pid = int(dead.stdout), os.getpid()
-    names = [f".a.{dead_pid}.x1y2.png.tmp", f".restore.json.tmp-{dead_pid}", f".b.{live_pid}.zz.png.tmp",
-             f".restore.json.tmp-{live_pid}", ".hidden_user_file", "keep.png"]
-    for n in names:
+    dead_names = [f".odedit-{dead_pid}-k2j_x9a1.tmp", f".a.{dead_pid}.x1y2.png.tmp", f".restore.json.tmp-{dead_pid}"]
+    kept = [f".odedit-{live_pid}-ab12cd34.tmp", f".b.{live_pid}.zz.png.tmp", f".restore.json.tmp-{live_pid}",
+            ".hidden_user_file", ".odedit-notes.tmp", "keep.png"]
+    for n in dead_names + kept:
         (tmp_path / n).write_bytes(b"x")
     removed = remove_stale_temps(tmp_path)
-    assert sorted(removed) == sorted(names[:2])
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
+    assert sorted(removed) == sorted(dead_names)  # current and earlier versions' temp names
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from odedit.atomic import atomic_open, remove_stale_temps  # noqa: F401 (re-exported)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 MAX_PIXELS = 100_000_000  # refuse absurd images (decompression bombs) with a clear error
@@ -218,58 +219,12 @@ def model_to_unit(x):
 
 
 def save_png_atomic(path: os.PathLike | str, image: np.ndarray) -> None:
-    """Write a uint8 (H, W, 3) image as PNG via a temp file in the same folder + rename."""
+    """Write a uint8 (H, W, 3) image as PNG atomically (:mod:`odedit.atomic`: a short temp name
+    in the same folder, mode 0666 less the umask, then a rename)."""
     from PIL import Image
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.", suffix=TMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(np.asarray(image, dtype=np.uint8)).save(fh, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-TMP_SUFFIX = ".png.tmp"
-
-
-def remove_stale_temps(folder: os.PathLike | str) -> list[str]:
-    """Delete temp files that a killed odedit process left in ``folder``.
-
-    Temp names carry the writer's pid (``.<stem>.<pid>.<random>.png.tmp`` from
-    :func:`save_png_atomic`, ``.<name>.tmp-<pid>`` from the JSON writer); only those whose
-    process no longer exists are removed, so a concurrent writer is never disturbed.
-    Returns the removed names.
-    """
-    removed = []
-    for p in Path(folder).iterdir():
-        name = p.name
-        if not name.startswith(".") or not p.is_file():
-            continue
-        pid = None
-        if name.endswith(TMP_SUFFIX):
-            parts = name[1 : -len(TMP_SUFFIX)].split(".")
-            pid = parts[-2] if len(parts) >= 3 else None
-        elif ".tmp-" in name:
-            pid = name.rsplit(".tmp-", 1)[1]
-        if pid is None or not pid.isdigit() or _pid_alive(int(pid)):
-            continue
-        p.unlink()
-        removed.append(name)
-    return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+    with atomic_open(path, "wb") as fh:
+        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(fh, format="PNG")
 
 
 def make_grid(images: np.ndarray, ncols: int, pad: int = 2, fill: int = 255) -> np.ndarray:

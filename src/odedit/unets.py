@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from odedit.atomic import make_temp_dir
 
 UNET_CONFIGS: dict[str, dict] = {
     "tiny": dict(
@@ -73,7 +74,7 @@ def save_model(unet, out_dir: os.PathLike, scheduler_config: dict | None = None,
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = make_temp_dir(out_dir.parent)  # short name: out_dir's own may be near the length limit
     try:
         model = unet
         if fp16:
@@ -85,8 +86,8 @@ def save_model(unet, out_dir: os.PathLike, scheduler_config: dict | None = None,
         cfg = dict(DEFAULT_SCHEDULER_CONFIG if scheduler_config is None else scheduler_config)
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
+            old = make_temp_dir(out_dir.parent)  # short-named holder for the replaced folder
+            os.replace(out_dir, old / "old")
             os.replace(tmp, out_dir)
             shutil.rmtree(old)
         else:

@@ -13,12 +13,13 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional
 
 import numpy as np
+
+from odedit.atomic import write_text_atomic
 
 if TYPE_CHECKING:  # annotations only: methods imports this module
     from odedit.bench.methods import MethodSpec
@@ -42,16 +43,8 @@ class BenchError(ValueError):
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """See :func:`odedit.atomic.write_text_atomic` (short temp name, ordinary mode, rename)."""
+    write_text_atomic(path, text)
 
 
 def _write_json(path: Path, obj) -> None:

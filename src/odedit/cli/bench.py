@@ -101,7 +101,7 @@ def add_parser(subparsers) -> None:
     )
     m.add_argument(
         "--steps", type=ranged(int, 1, 1000), default=None,
-        help="ODE steps N of both methods (default 100; SDEdit's unless --sdedit-steps)",
+        help="ODE steps N of both methods, 1-1000 (default 100; SDEdit's unless --sdedit-steps)",
     )
     m.add_argument(
         "--sdedit-steps", type=ranged(int, 1, 1000), default=None, metavar="N",
@@ -161,7 +161,7 @@ def add_parser(subparsers) -> None:
     q.add_argument("--grid-images", type=ranged(int, 0, 64), default=8, metavar="N", help="columns of grid.png")
 
     r = p.add_argument_group("run")
-    r.add_argument("--batch-size", type=ranged(int, 1, 4096), default=16, help="images per batch (default 16)")
+    r.add_argument("--batch-size", type=ranged(int, 1, 4096), default=16, help="images per batch, 1-4096 (default 16)")
     add_device_args(r)
     add_compile_arg(r)
     r.add_argument("--overwrite", action="store_true", help="discard an existing benchmark in DIR")

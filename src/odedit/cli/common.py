@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
+import math
 import signal
 import threading
 from pathlib import Path
@@ -16,17 +16,29 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+# Upper bounds of the count flags: far above any useful setting (the presets use 100 steps and
+# at most 75 Langevin updates a level), low enough that a typo cannot start a run of years.
+MAX_STEPS = 1000  # DDIM steps: one per training timestep of the usual T = 1000
+MAX_LANGEVIN_STEPS = 10_000  # per level
+MAX_FACES = 1000  # per photo
+MAX_BATCH_SIZE = 4096
+LONG_RUN_CALLS = 10_000  # model calls per face above which a run is announced (light: 300)
+
+
 def ranged(kind: Callable[[str], Any], lo=None, hi=None, lo_open=False, hi_open=False):
     """An argparse ``type`` that parses with ``kind`` and checks lo <= value <= hi.
 
-    The bounds are open when ``lo_open``/``hi_open``. Errors name the valid range.
+    The bounds are open when ``lo_open``/``hi_open``. Errors name the valid range. NaN and
+    infinities are refused for every float (a NaN passes any comparison-based range check).
     """
 
     def parse(text: str):
         try:
             value = kind(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError(f"not a valid {kind.__name__}: {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
         bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
         bad_hi = hi is not None and (value >= hi if hi_open else value > hi)
         if bad_lo or bad_hi:
@@ -53,9 +65,12 @@ def int_list(text: str) -> tuple[int, ...]:
 def float_list(text: str) -> tuple[float, ...]:
     """Parse '0.3,0.5' into a tuple of floats."""
     try:
-        return tuple(float(p) for p in text.split(",") if p.strip() != "")
+        values = tuple(float(p) for p in text.split(",") if p.strip() != "")
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
 
 
 def resolve_device(name: str):
@@ -75,10 +90,10 @@ def add_odedit_override_args(group) -> None:
     """
     group.add_argument(
         "--langevin-steps",
-        type=ranged(int, 0),
+        type=ranged(int, 0, MAX_LANGEVIN_STEPS),
         default=None,
         metavar="K",
-        help="Langevin updates at EACH level (overrides the preset's total)",
+        help=f"Langevin updates at EACH level, 0-{MAX_LANGEVIN_STEPS} (overrides the preset's total)",
     )
     group.add_argument(
         "--levels",
@@ -87,7 +102,9 @@ def add_odedit_override_args(group) -> None:
         help="grid levels for Langevin, 0 = least noise (default 0,25,50,75 scaled to --steps)",
     )
     group.add_argument("--temperature", type=ranged(float, 0.0), default=None, help="T (default 1/3)")
-    group.add_argument("--invert-to", type=ranged(int, 0), default=None, help="top level of the inversion")
+    group.add_argument(
+        "--invert-to", type=ranged(int, 0, MAX_STEPS), default=None, help="top level of the inversion (below --steps)"
+    )
     group.add_argument(
         "--clip-inversion", action="store_true", help="clip predicted x0 to [-1,1] while inverting"
     )
@@ -155,18 +172,11 @@ def prepare_outdir(path: Path) -> Path:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON via temp file + rename, so a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON atomically (:mod:`odedit.atomic`: short temp name, ordinary mode, rename),
+    so a reader never sees half a file."""
+    from odedit.atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 @contextlib.contextmanager

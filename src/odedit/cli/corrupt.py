@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
-import tempfile
 from pathlib import Path
 
+from odedit.atomic import write_text_atomic
 from odedit.cli.common import CLIError, prepare_outdir, ranged
 
 from odedit.corruption_names import CORRUPTIONS as CORRUPTION_NAMES
@@ -113,15 +112,7 @@ def _write_manifest_atomic(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     for row in sorted(rows, key=lambda r: r["file"]):
         writer.writerow({k: row.get(k, "") for k in MANIFEST_COLUMNS})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, buf.getvalue())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import secrets
 import sys
@@ -11,6 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from odedit.cli.common import (
+    LONG_RUN_CALLS,
+    MAX_BATCH_SIZE,
+    MAX_FACES,
+    MAX_STEPS,
     CLIError,
     add_compile_arg,
     add_device_args,
@@ -78,7 +84,9 @@ def add_parser(subparsers) -> None:
         "as light on 20 DPM++ steps, docs/performance.md); medium removes more noise and mask lines and smooths more; "
         "flags below override single settings (default: light)",
     )
-    g.add_argument("--steps", type=ranged(int, 1, 1000), default=None, help="DDIM steps N (default 100)")
+    g.add_argument(
+        "--steps", type=ranged(int, 1, MAX_STEPS), default=None, help=f"DDIM steps N, 1-{MAX_STEPS} (default 100)"
+    )
     g.add_argument("--step-size", type=ranged(float, 0.0), default=None, help="epsilon (default 1e-5, measured; the paper's 1e-6 leaves images almost unchanged: docs/results.md)")
     add_odedit_override_args(g)
     s = p.add_argument_group("SDEdit settings")
@@ -91,7 +99,12 @@ def add_parser(subparsers) -> None:
     s.add_argument("--eta", type=ranged(float, 0.0, 1.0), default=1.0, help="1 = DDPM noise (default)")
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=ranged(int, 0), default=0, help="base seed (default 0)")
-    r.add_argument("--batch-size", type=ranged(int, 1, 4096), default=8, help="images per batch (default 8)")
+    r.add_argument(
+        "--batch-size",
+        type=ranged(int, 1, MAX_BATCH_SIZE),
+        default=8,
+        help=f"face crops per batch, 1-{MAX_BATCH_SIZE} (default 8)",
+    )
     add_device_args(r)
     add_compile_arg(r)
     f = p.add_argument_group("whole photos")
@@ -102,7 +115,12 @@ def add_parser(subparsers) -> None:
         help="auto: detect, align, restore and paste back every face (inputs at the model's size "
         "count as aligned crops); aligned: every input is an aligned face crop (default: auto)",
     )
-    f.add_argument("--max-faces", type=ranged(int, 1, 1000), default=10, help="faces per photo, best first (default 10)")
+    f.add_argument(
+        "--max-faces",
+        type=ranged(int, 1, MAX_FACES),
+        default=10,
+        help=f"faces per photo, best first, 1-{MAX_FACES} (default 10)",
+    )
     f.add_argument(
         "--min-face-score", type=ranged(float, 0.0, 1.0, lo_open=True, hi_open=True), default=0.5,
         help="detector confidence threshold in (0, 1) (default 0.5)",
@@ -153,6 +171,76 @@ def image_seed(base_seed: int, name: str) -> int:
     from odedit.rng import restore_seed
 
     return restore_seed(base_seed, name)
+
+
+# Errors of os calls that concern one file name, not the folder or the disk: such a file fails
+# alone and the batch goes on. EINVAL/EILSEQ: a name the file system cannot store (FAT, SMB, ...).
+NAME_ERRNOS = (errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ)
+
+
+def _location(path: Path) -> Path:
+    """Absolute path of the directory entry itself: its folder resolved (symlinks, ..), the
+    entry not followed."""
+    try:
+        return path.absolute().parent.resolve() / path.name
+    except (OSError, RuntimeError):  # a symlink loop
+        return path.absolute()
+
+
+def _real(path: Path) -> Path:
+    """``path`` with every symlink followed (the entry itself too), as far as it exists."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path.absolute()
+
+
+def _drop_earlier_outputs(files: list[Path], inputs: list[str], outdir: Path) -> tuple[list[Path], int]:
+    """Leave out the files of an input folder that is the output folder itself and that its
+    restore.json lists as outputs of earlier runs: a rerun into the input folder
+    (``odedit restore same -o same``) must not take its own results for photos. Files named
+    explicitly are kept (and then refused by :func:`_refuse_outputs_that_are_inputs`).
+    Returns the kept files and how many were left out."""
+    target = _real(outdir)
+    if not any(Path(i).is_dir() and _real(Path(i)) == target for i in inputs):
+        return files, 0
+    images = _load_sidecar(outdir / SIDECAR).get("images")
+    listed = {target / str(name) for name in images} if isinstance(images, dict) else set()
+    explicit = {_location(Path(i)) for i in inputs if not Path(i).is_dir()}
+    kept = [f for f in files if _location(f) not in listed or _location(f) in explicit]
+    return kept, len(files) - len(kept)
+
+
+def _refuse_outputs_that_are_inputs(jobs: list[tuple[Path, Path]], files: list[Path]) -> None:
+    """CLIError if an output path is, or resolves to, an input file: the same path (relative or
+    absolute, through symlinks) or the same file (a hard link, a name differing in case on a
+    case-insensitive file system). Checked before anything is written, whatever the flags."""
+    by_path = {_real(f): f for f in files}
+    by_id = {}
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        by_id[(st.st_dev, st.st_ino)] = f
+    clashes = []
+    for _, dst in jobs:
+        hit = by_path.get(_real(dst))
+        if hit is None:
+            try:
+                st = dst.stat()
+            except OSError:
+                continue
+            hit = by_id.get((st.st_dev, st.st_ino))
+        if hit is not None:
+            clashes.append((dst, hit))
+    if clashes:
+        dst, src = clashes[0]
+        more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
+        raise CLIError(
+            f"output {dst} is the input {src}{more}; odedit never writes over an input, even with "
+            "--overwrite: pass another output folder with -o"
+        )
 
 
 def _load_sidecar(path: Path) -> dict:
@@ -219,14 +307,14 @@ def run(args: argparse.Namespace) -> int:
         config = build_config(args)
     except ValueError as err:
         raise CLIError(str(err)) from None
+    if args.overwrite and args.skip_existing:
+        raise CLIError("--overwrite and --skip-existing exclude each other")
     try:
         files = list_images(args.inputs)
     except (FileNotFoundError, ImageError) as err:
         raise CLIError(str(err)) from None
-    outdir = prepare_outdir(args.output)
-    stale = remove_stale_temps(outdir)  # left by a killed run; never another live writer's
-    if stale:
-        print(f"removed {len(stale)} temp file(s) of an interrupted run from {outdir}", file=sys.stderr)
+    outdir = Path(args.output)
+    files, earlier = _drop_earlier_outputs(files, args.inputs, outdir)
     out_names: dict[str, Path] = {}
     failures: list[tuple[str, str]] = []
     jobs: list[tuple[Path, Path]] = []
@@ -237,8 +325,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         out_names[name] = f
         jobs.append((f, outdir / name))
-    if args.overwrite and args.skip_existing:
-        raise CLIError("--overwrite and --skip-existing exclude each other")
+    _refuse_outputs_that_are_inputs(jobs, files)  # whatever the flags: an input is never replaced
     skipped = 0
     if args.skip_existing:
         before = len(jobs)
@@ -251,6 +338,16 @@ def run(args: argparse.Namespace) -> int:
             f"outputs exist: {', '.join(existing[:3])}{more}; pass --overwrite to replace them "
             "or --skip-existing to resume"
         )
+    outdir = prepare_outdir(outdir)
+    stale = remove_stale_temps(outdir)  # left by a killed run; never another live writer's
+    if stale:
+        print(f"removed {len(stale)} temp file(s) of an interrupted run from {outdir}", file=sys.stderr)
+    if earlier:
+        print(f"left out {earlier} file(s) of {outdir} that {SIDECAR} lists as outputs of earlier runs",
+              file=sys.stderr)
+    if config.nfe > LONG_RUN_CALLS:
+        print(f"note: {config.nfe:,} model calls per face (the light preset makes 300): this run will take "
+              "long; Ctrl-C stops it and --skip-existing resumes it", file=sys.stderr)
 
     device = resolve_device(args.device)
     dtype = torch_dtype(args.dtype, device)
@@ -335,7 +432,12 @@ def run(args: argparse.Namespace) -> int:
             entry["faces"] = info["faces"]
         try:
             save_png_atomic(item.dst, result)
-        except OSError as err:  # read-only folder, full disk, ...: every later write would fail too
+        except OSError as err:
+            if err.errno in NAME_ERRNOS:  # this name only (too long for the file system, ...)
+                failures.append((str(item.src), f"{item.src}: cannot write {item.dst}: {err.strerror or err}"))
+                bar.update(1)
+                return
+            # read-only folder, full disk, ...: every later write would fail too
             raise CLIError(f"cannot write {item.dst}: {err.strerror or err}") from None
         entry["output_size"] = [int(result.shape[1]), int(result.shape[0])]
         images_meta[item.dst.name] = entry
@@ -370,35 +472,57 @@ def run(args: argparse.Namespace) -> int:
             finish(item)
         _merge_sidecar(sidecar_path, sidecar)
 
-    if args.faces == "auto" and args.upsampler != "lanczos":
-        upsampler()  # a model that cannot load fails now, not after the first restoration
-    for src, dst in jobs:
-        try:
-            image = load_image_uint8(src)
-        except ImageError as err:
-            failures.append((str(src), str(err)))
-            bar.update(1)
-            continue
-        seeds = (lambda i, name=src.name: face_seed(args.seed, name, i))
-        job = plan_photo(image, size, seeds, faces_mode=args.faces,
-                         detector=detector() if uses_detection(args.faces, image.shape, size) else None,
-                         max_faces=args.max_faces, fit=args.fit)
-        item = _Item(src=src, dst=dst, job=job, results=[None] * len(job.crops))
-        if not job.crops:  # a photo without a detected face
-            finish(item)
-            continue
-        for k in range(len(job.crops)):
-            pending.append((item, k))
-            if len(pending) == args.batch_size:
-                flush()
-    flush()
+    def restore_all() -> None:
+        if args.faces == "auto" and args.upsampler != "lanczos":
+            upsampler()  # a model that cannot load fails now, not after the first restoration
+        for src, dst in jobs:
+            try:
+                image = load_image_uint8(src)
+            except ImageError as err:
+                failures.append((str(src), str(err)))
+                bar.update(1)
+                continue
+            seeds = (lambda i, name=src.name: face_seed(args.seed, name, i))
+            job = plan_photo(image, size, seeds, faces_mode=args.faces,
+                             detector=detector() if uses_detection(args.faces, image.shape, size) else None,
+                             max_faces=args.max_faces, fit=args.fit)
+            item = _Item(src=src, dst=dst, job=job, results=[None] * len(job.crops))
+            if not job.crops:  # a photo without a detected face
+                finish(item)
+                continue
+            for k in range(len(job.crops)):
+                pending.append((item, k))
+                if len(pending) == args.batch_size:
+                    flush()
+        flush()
+
+    def record_end(status: str, error: str | None = None) -> None:
+        """This run's outcome in its restore.json entry: status, error, failures, photos without a face."""
+        entry = sidecar["runs"][run_id]
+        entry["status"] = status
+        if error is not None:
+            entry["error"] = error
+        entry["failures"] = [{"input": f, "error": e} for f, e in failures]
+        entry["no_face"] = sorted(
+            e["input"] for e in images_meta.values() if e.get("run") == run_id and e.get("status") != "restored"
+        )
+
+    try:
+        restore_all()
+    except BaseException as err:  # stopped (unwritable output, ...) or interrupted: record what was done
+        bar.close()
+        if isinstance(err, KeyboardInterrupt):
+            record_end("interrupted")
+        else:
+            record_end("stopped", str(err) if isinstance(err, CLIError) else f"{type(err).__name__}: {err}")
+        with contextlib.suppress(CLIError):  # as far as the disk allows; the original error is the one to show
+            _merge_sidecar(sidecar_path, sidecar)
+        raise
+    finally:
+        if "detector" in tools:
+            tools["detector"].close()
     bar.close()
-    if "detector" in tools:
-        tools["detector"].close()
-    sidecar["runs"][run_id]["failures"] = [{"input": f, "error": e} for f, e in failures]
-    sidecar["runs"][run_id]["no_face"] = sorted(
-        e["input"] for e in images_meta.values() if e.get("run") == run_id and e.get("status") != "restored"
-    )
+    record_end("complete")
     _merge_sidecar(sidecar_path, sidecar)
 
     print(

@@ -32,12 +32,12 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("-n", "--num", type=ranged(int, 1, 100_000), default=64, help="number of samples (default 64)")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="GRID.png", help="grid image to write")
-    p.add_argument("--steps", type=ranged(int, 1, 1000), default=100, help="DDIM steps (default 100)")
+    p.add_argument("--steps", type=ranged(int, 1, 1000), default=100, help="DDIM steps, 1-1000 (default 100)")
     p.add_argument("--seed", type=ranged(int, 0), default=0, help="seed of the first sample (default 0)")
     p.add_argument(
         "--solver", choices=("ddim", "dpm++2m"), default="ddim", help="ODE solver (default ddim; dpm++2m: DPM-Solver++(2M))"
     )
-    p.add_argument("--batch-size", type=ranged(int, 1), default=16, help="samples per model call (default 16)")
+    p.add_argument("--batch-size", type=ranged(int, 1, 4096), default=16, help="samples per model call, 1-4096 (default 16)")
     p.add_argument("--ncols", type=ranged(int, 1), default=None, help="grid columns (default: near-square)")
     p.add_argument(
         "--individual", type=Path, default=None, metavar="OUTDIR", help="also write sample_NNNN.png files here"
