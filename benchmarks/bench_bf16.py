@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from odedit.atomic import write_text_atomic
 from odedit.corruptions import corrupt_random
 from odedit.data import load_dataset
 from odedit.devices import cpu_has_fast_bf16
@@ -209,9 +210,7 @@ def main(argv=None) -> int:
         for name, ms in out["call_ms"].items():
             print(f"| {name} | {ms[1]} | {ms[8]} | {ms[32]} |")
     if args.output:
-        tmp = args.output.with_name(args.output.name + ".tmp")
-        tmp.write_text(json.dumps(out, indent=2) + "\n")
-        tmp.replace(args.output)
+        write_text_atomic(args.output, json.dumps(out, indent=2) + "\n")  # short temp name, any output name
     return 0
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from odedit.atomic import write_text_atomic
 from odedit.data import load_dataset
 from odedit.gaussian import fit_ppca
 from odedit.imageio import uint8_to_unit, unit_to_model
@@ -97,9 +98,7 @@ def main(argv=None) -> int:
     if args.output:
         payload = dict(train=str(args.train), val=str(args.val), n=int(val.shape[0]), flip=not args.no_flip,
                        fit_seconds=round(fit_s, 1), rows=rows)
-        tmp = args.output.with_name(args.output.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        tmp.replace(args.output)
+        write_text_atomic(args.output, json.dumps(payload, indent=2) + "\n")  # short temp name, any output name
     return 0
 
 

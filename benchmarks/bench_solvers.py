@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from odedit.atomic import write_text_atomic
 from odedit.data import load_dataset
 from odedit.devices import resolve_dtype
 from odedit.imageio import uint8_to_unit, unit_to_model
@@ -86,9 +87,7 @@ def main(argv=None) -> int:
                       f"(min {float(p.min()):.2f})  {sec:.0f} s", flush=True)
     if args.output:
         payload = dict(model=model_identity(args.model), n=len(x0), dtype=args.dtype, call_ms=timing, rows=rows)
-        tmp = args.output.with_name(args.output.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        tmp.replace(args.output)
+        write_text_atomic(args.output, json.dumps(payload, indent=2) + "\n")  # short temp name, any output name
     return 0
 
 

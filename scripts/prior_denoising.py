@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from odedit.atomic import write_text_atomic
 from odedit.data import load_dataset
 from odedit.devices import resolve_device, resolve_dtype
 from odedit.imageio import uint8_to_unit, unit_to_model
@@ -65,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['t']:5d}   {r['mse_x0']:14.5f}   {r['mse_nothing']:16.5f}   {r['ratio']:.4f}")
     if args.output is not None:
         payload = dict(val=str(args.val), n=int(x0.shape[0]), seed=args.seed, dtype=args.dtype, levels=levels, models=results)
-        tmp = args.output.with_name(args.output.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        tmp.replace(args.output)
+        write_text_atomic(args.output, json.dumps(payload, indent=2, default=str) + "\n")  # short temp name
     return 0
 
 

@@ -72,6 +72,54 @@ def test_detector_finds_nothing_in_flat_grey_and_noise():
         assert det.detect(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)) == []
 
 
+# (shape, seed) of seeded uniform-noise images in which the detector found a "face" before the
+# noise check (scores 0.52-0.70; the last one on the smoothed retry, 0.72).
+NOISE_FACES = [((16, 16), 0), ((24, 24), 4), ((32, 32), 5), ((48, 48), 11), ((128, 128), 5), ((256, 256), 7),
+               ((384, 391), 7)]
+
+
+def noise_image(shape, seed) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
+
+
+@needs_detector
+def test_detector_finds_no_face_in_seeded_noise_and_none_in_tiny_photos():
+    """Pure pixel noise gives no face at any size (the neighbour-correlation check), photos under
+    MIN_PHOTO_SIDE are not searched; real faces, even small ones, are still found."""
+    from odedit.detect import MIN_PHOTO_SIDE, FaceDetector
+
+    face = Image.open(FACE).convert("RGB")
+    with FaceDetector() as det:
+        for shape, seed in NOISE_FACES:
+            assert det.detect(noise_image(shape, seed)) == [], (shape, seed)
+        for side in (16, 32, 48, 128):  # 20 seeds a size
+            for seed in range(20):
+                assert det.detect(noise_image((side, side), seed)) == [], (side, seed)
+        tiny = np.asarray(face.resize((MIN_PHOTO_SIDE - 8,) * 2, Image.LANCZOS))
+        assert det._detect_once(tiny) and det.detect(tiny) == []  # a face, but under the minimum
+        (small,) = det.detect(np.asarray(face.resize((MIN_PHOTO_SIDE,) * 2, Image.LANCZOS)))
+        canvas = np.full((128, 128, 3), 128, np.uint8)
+        canvas[40:56, 40:56] = np.asarray(face.resize((16, 16), Image.LANCZOS))  # a 16 px face in a photo
+        (in_photo,) = det.detect(canvas)
+    assert small.score > 0.8 and 40 <= in_photo.box[0] < in_photo.box[2] <= 56
+
+
+@needs_detector
+@pytest.mark.parametrize("shape, seed", [((20, 20), 8), ((24, 24), 4)], ids=["20px", "24px"])
+def test_cli_copies_a_tiny_noise_photo_unchanged_and_says_why(shape, seed, tiny_unet_dir, tmp_path, capsys):
+    """The issue's case: a tiny random-noise image was detected as a face and altered."""
+    noise = noise_image(shape, seed)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    out = tmp_path / "out"
+    assert run_cli([str(tmp_path / "noise.png"), "-o", str(out), "--model", str(tiny_unet_dir), *FAST]) == 0
+    assert np.array_equal(np.asarray(Image.open(out / "noise.png")), noise)
+    entry = json.loads((out / "restore.json").read_text())["images"]["noise.png"]
+    assert entry["status"] == "no_face_copied_unchanged" and "under the 32 px" in entry["no_face_reason"]
+    err = capsys.readouterr().err
+    why = f"{shape[1]}x{shape[0]} px, under the 32 px a side that face detection needs"
+    assert f"noise.png ({why}; --faces aligned restores it as a face crop)" in err
+
+
 def test_merge_detections_keeps_best_of_overlaps():
     kp = np.zeros((6, 2))
     a = Detection(0.9, (0, 0, 10, 10), kp)
@@ -147,13 +195,23 @@ def test_cli_restores_both_faces_of_a_two_face_photo(tiny_unet_dir, tmp_path):
 
 
 @needs_detector
-def test_cli_max_faces_keeps_the_best(tiny_unet_dir, tmp_path):
+def test_cli_max_faces_keeps_the_best_and_reports_the_rest(tiny_unet_dir, tmp_path, capsys):
+    """Faces beyond --max-faces: the best are restored, the others counted in the photo's
+    restore.json entry and named on stderr, a line per photo."""
     Image.fromarray(two_face_photo()).save(tmp_path / "pair.png")
+    Image.fromarray(two_face_photo()[:, :260]).save(tmp_path / "single.png")  # one face: nothing left out
     out = tmp_path / "out"
-    argv = [str(tmp_path / "pair.png"), "-o", str(out), "--model", str(tiny_unet_dir), *FAST, "--max-faces", "1"]
+    argv = [str(tmp_path / "pair.png"), str(tmp_path / "single.png"), "-o", str(out), "--model", str(tiny_unet_dir),
+            *FAST, "--max-faces", "1"]
     assert run_cli(argv) == 0
-    (face,) = json.loads((out / "restore.json").read_text())["images"]["pair.png"]["faces"]
+    images = json.loads((out / "restore.json").read_text())["images"]
+    (face,) = images["pair.png"]["faces"]
     assert face["box"][0] < 260  # the larger, left face scores higher
+    assert images["pair.png"]["faces_left_out"] == 1 and images["single.png"]["faces_left_out"] == 0
+    err = capsys.readouterr().err
+    assert "1 photo(s) had more faces than --max-faces 1; the lower-scoring ones were left unrestored:" in err
+    assert f"  {tmp_path / 'pair.png'}: 2 faces found, 1 restored, 1 left out\n" in err
+    assert "single.png:" not in err
 
 
 def test_model_sized_inputs_are_aligned_crops_in_auto_mode(tiny_unet_dir, tmp_path, monkeypatch):

@@ -256,6 +256,49 @@ def test_stopped_or_interrupted_run_still_records_its_work(fault, rc, status, ti
         assert "cannot write" in run["error"] and "Permission denied" in run["error"]
 
 
+def _screen(text: str) -> list[str]:
+    """The lines a terminal shows after printing ``text``: carriage returns, newlines and the
+    cursor-up (ESC [A) with which tqdm draws nested bars."""
+    rows: list[list[str]] = [[]]
+    r = c = 0
+    for token in re.split(r"(\x1b\[A|\r|\n)", text):
+        if token == "\x1b[A":
+            r = max(0, r - 1)
+        elif token == "\r":
+            c = 0
+        elif token == "\n":
+            r, c = r + 1, 0
+        elif token:
+            rows.extend([] for _ in range(r + 1 - len(rows)))
+            row = rows[r]
+            row.extend(" " * max(0, c + len(token) - len(row)))
+            row[c : c + len(token)] = token
+            c += len(token)
+    return ["".join(row).rstrip() for row in rows]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_is_on_its_own_line_and_the_run_is_recorded_interrupted(sig, tiny_unet_dir, tmp_path):
+    """Ctrl-C or SIGTERM during a run with progress bars (the per-image bar and the nested
+    model-call bar on screen): the message is a screen line of its own, exit 130, and restore.json
+    holds the PNGs already written and the run marked interrupted."""
+    _photos(tmp_path / "in", names=[f"f{i}.png" for i in range(6)])
+    out, err_file = tmp_path / "out", tmp_path / "stderr.txt"
+    argv = [sys.executable, "-m", "odedit.cli", "restore", str(tmp_path / "in"), "-o", str(out), "--model",
+            str(tiny_unet_dir), "--steps", "4", "--langevin-steps", "100", "--faces", "aligned", "--batch-size", "1"]
+    with open(err_file, "w") as err:  # progress bars shown (no --quiet); a file, so the pipe never fills
+        proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=err,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        _kill_when(proc, lambda: len(pngs(out)) >= 1, sig=sig)
+    text = err_file.read_bytes().decode("utf-8", "replace")  # bytes: read_text would turn \r into \n
+    assert proc.returncode == 130, text[-2000:]
+    assert "odedit restore: interrupted" in _screen(text), _screen(text)[-4:]
+    meta = json.loads((out / "restore.json").read_text())
+    (run,) = meta["runs"].values()
+    assert run["status"] == "interrupted" and run["failures"] == [] and "error" not in run
+    assert 1 <= len(pngs(out)) < 6 and sorted(meta["images"]) == pngs(out)
+
+
 # ---- outputs: long names, file modes ------------------------------------------------------------------
 
 
@@ -530,7 +573,8 @@ def test_two_restores_into_one_folder_keep_all_entries(tiny_unet_dir, tmp_path):
 # ---- crash and resume ------------------------------------------------------------------------------------
 
 
-def _kill_when(proc: subprocess.Popen, ready, timeout=240) -> None:
+def _kill_when(proc: subprocess.Popen, ready, timeout=240, sig=signal.SIGKILL) -> None:
+    """Send ``sig`` (default SIGKILL) to ``proc`` once ``ready()``, then wait for it to end."""
     deadline = time.time() + timeout
     while not ready():
         if proc.poll() is not None:
@@ -539,8 +583,8 @@ def _kill_when(proc: subprocess.Popen, ready, timeout=240) -> None:
             proc.kill()
             raise AssertionError("never reached the kill point")
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
+    proc.send_signal(sig)
+    proc.wait(60)
 
 
 def test_restore_killed_then_rerun_with_skip_existing(tiny_unet_dir, tmp_path):

@@ -370,3 +370,31 @@ def test_warm_start_from_a_plain_model_zeroes_the_head(trained, blobs, tmp_path)
     train(config(blobs, tmp_path / "w2", steps=1, resume_from_weights=str(tmp_path / "w" / "model")), log=quiet)
     again = load_model(tmp_path / "w2" / "model")
     torch.testing.assert_close(again.base.basis, model.base.basis)
+
+
+def test_run_and_model_folders_with_250_byte_names(blobs, tmp_path):
+    """Run and model folders whose names are near the 255-byte limit: every temp name of a run
+    (JSON, log, checkpoint and model-folder staging, the replaced folder's holder) is short
+    (odedit.atomic), so training, checkpoints, resume and exports work, and no temp is left."""
+    from odedit.models import load_model
+    from odedit.training import export_model
+    from odedit.training.checkpoints import _truncate_log, _write_json_atomic
+    from odedit.unets import DEFAULT_SCHEDULER_CONFIG, build_unet
+
+    run = tmp_path / ("R" * 250)
+    train(config(blobs, run, steps=1, checkpoint_every=1), log=quiet)
+    resumed = train(config(None, run, steps=2, checkpoint_every=1, resume=True), log=quiet)  # replaces model/
+    assert (resumed.start_step, resumed.step, latest_checkpoint(run).name) == (1, 2, "step_0000002")
+    assert load_model(run / "model").sample_size == 16
+    model = tmp_path / ("M" * 250)
+    for step in (1, 2):  # a new model folder, then one replacing it
+        export_model(build_unet("tiny", 16), model, DEFAULT_SCHEDULER_CONFIG, info={"step": step})
+    assert json.loads((model / "odedit_train.json").read_text()) == {"step": 2}
+    assert load_model(model).sample_size == 16
+    sidecar, log = tmp_path / ("J" * 245 + ".json"), tmp_path / ("L" * 244 + ".jsonl")
+    _write_json_atomic(sidecar, {"a": 1})
+    log.write_text('{"step": 1}\n{"step": 2}\n')
+    _truncate_log(log, 1)
+    assert json.loads(sidecar.read_text()) == {"a": 1} and log.read_text() == '{"step": 1}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (run, model, sidecar, log))
+    assert [p.name for p in run.rglob(".*")] == []

@@ -24,6 +24,21 @@ SMOOTH_RADIUS = 2.0  # px, Gaussian blur of the retry on noisy photos
 # Scores on the smoothed retry: real faces under gaussian noise severity 3-5 scored 0.76-0.95
 # (8 portraits); smoothed uniform noise once scored 0.57. The retry keeps scores >= this.
 RETRY_MIN_SCORE = 0.7
+# Photos whose shorter side is under this are not searched for faces. BlazeFace sees the photo
+# scaled to its 128/192 px input: under 32 px that is a 4-6x enlargement of a few hundred
+# pixels, such a face has too little detail for the prior to restore, and its box (a few px)
+# too few pixels for the noise check below. Measured on seeded uniform noise (20 images a
+# size): 35-45% of the 8-24 px images gave a "face" (scores 0.50-0.65), 5-20% at 32-48 px,
+# where the noise check rejects them. Face crops that small can be restored with --faces aligned.
+MIN_PHOTO_SIDE = 32
+# Noise check on each detection (also those of the smoothed retry, judged on the photo itself):
+# the correlation of adjacent pixels (grey) inside its box. Pixel noise is uncorrelated: at most
+# 0.15 over ~160 false detections in uniform, normal and salt-and-pepper noise images of
+# 32-512 px. A face is smooth: 0.37 at 10 px wide even inside a noise background, 0.50 at 12 px
+# on its own, 0.74+ under gaussian/shot noise severity 2, 0.33-0.42 under severity 5 (found by
+# the retry). Not caught: noise with grains of several pixels (e.g. noise enlarged 2x), whose
+# adjacent pixels are alike.
+MIN_NEIGHBOUR_CORRELATION = 0.25
 INSTALL_HINT = "pip install 'odedit[faces]'  (mediapipe==0.10.14, which bundles the detector offline)"
 
 
@@ -53,6 +68,31 @@ class Detection:
             "box": [round(float(v), 2) for v in self.box],
             "keypoints": {n: [round(float(x), 2), round(float(y), 2)] for n, (x, y) in zip(KEYPOINT_NAMES, self.keypoints)},
         }
+
+
+def too_small_for_detection(shape: tuple[int, ...]) -> bool:
+    """True when a photo of this (H, W, ...) shape is under MIN_PHOTO_SIDE px a side."""
+    return min(shape[:2]) < MIN_PHOTO_SIDE
+
+
+def neighbour_correlation(image: np.ndarray, box) -> float:
+    """Correlation of horizontally and vertically adjacent pixels (grey) inside ``box``
+    (clipped to the image): near 0 for pixel noise, near 1 for a smooth photo; 0 for a box
+    with no pixels or no variation."""
+    h, w = image.shape[:2]
+    x0, y0 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
+    x1, y1 = min(w, int(np.ceil(box[2]))), min(h, int(np.ceil(box[3])))
+    region = np.asarray(image[y0:y1, x0:x1], dtype=np.float64).mean(axis=2)
+    a = np.concatenate([region[:, 1:].ravel(), region[1:].ravel()])
+    b = np.concatenate([region[:, :-1].ravel(), region[:-1].ravel()])
+    if a.size < 2 or a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def looks_like_noise(image: np.ndarray, box) -> bool:
+    """True when the pixels in ``box`` are noise, not a face (see MIN_NEIGHBOUR_CORRELATION)."""
+    return neighbour_correlation(image, box) < MIN_NEIGHBOUR_CORRELATION
 
 
 def _iou(a, b) -> float:
@@ -96,17 +136,23 @@ class FaceDetector:
         retried once on a Gaussian-smoothed copy (radius SMOOTH_RADIUS px), which finds all 8 at
         gaussian/shot noise severity 3-4 and impulse noise 3; the keypoints keep their places.
         The retry keeps only scores >= RETRY_MIN_SCORE.
+
+        Photos under MIN_PHOTO_SIDE px a side give no faces, and a detection whose box holds
+        pixel noise rather than a smooth image (:func:`looks_like_noise`) is dropped.
         """
         image = np.ascontiguousarray(image, dtype=np.uint8)
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape}")
-        found = self._detect_once(image)
+        if too_small_for_detection(image.shape):
+            return []
+        found = [d for d in self._detect_once(image) if not looks_like_noise(image, d.box)]
         if not found:
             from PIL import Image, ImageFilter
 
             smooth = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(SMOOTH_RADIUS)))
             floor = max(self.min_score, RETRY_MIN_SCORE)  # smoothing can turn noise into a weak "face"
             found = [replace(d, smoothed=True) for d in self._detect_once(smooth) if d.score >= floor]
+            found = [d for d in found if not looks_like_noise(image, d.box)]  # judged on the photo itself
         kept = merge_detections(found)
         return kept if max_faces is None else kept[:max_faces]
 

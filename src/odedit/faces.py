@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from odedit import align
-from odedit.detect import Detection
+from odedit.detect import MIN_PHOTO_SIDE, Detection, too_small_for_detection
 from odedit.imageio import resize_to
 from odedit.upsample import LanczosUpsampler, Upsampler, needed_factor
 
@@ -111,12 +111,16 @@ class PhotoJob:
         crops: (size, size, 3) uint8 each; one per detected face, or the one fitted crop.
         seeds: one restoration seed per crop.
         faces: the detected faces (possibly none), or None for an aligned crop.
+        faces_left_out: faces the detector found beyond ``max_faces`` (the lowest scores).
+        no_face_reason: set when the photo was not searched (under the detector's minimum size).
     """
 
     photo: np.ndarray
     crops: list
     seeds: list
     faces: Optional[list] = None
+    faces_left_out: int = 0  # detected faces beyond max_faces, not restored
+    no_face_reason: Optional[str] = None  # why no face was looked for (a photo too small)
 
     @property
     def mode(self) -> str:
@@ -144,10 +148,17 @@ def plan_photo(
 
     if not uses_detection(faces_mode, photo.shape, size):
         return PhotoJob(photo, [fit_square(photo, size, fit)], [seeds(0)], None)
+    if too_small_for_detection(photo.shape):
+        h, w = photo.shape[:2]
+        reason = f"{w}x{h} px, under the {MIN_PHOTO_SIDE} px a side that face detection needs"
+        return PhotoJob(photo, [], [], [], no_face_reason=reason)
     if detector is None:
         raise ValueError("faces_mode 'auto' on a whole photo needs a detector")
-    faces = cut_faces(photo, detector.detect(photo, max_faces=max_faces), size)
-    return PhotoJob(photo, [f.crop for f in faces], [seeds(i) for i in range(len(faces))], faces)
+    found = detector.detect(photo)  # all of them, best first: those beyond max_faces are counted
+    kept = found if max_faces is None else found[:max_faces]
+    faces = cut_faces(photo, kept, size)
+    return PhotoJob(photo, [f.crop for f in faces], [seeds(i) for i in range(len(faces))], faces,
+                    faces_left_out=len(found) - len(kept))
 
 
 def finish_photo(
@@ -167,7 +178,9 @@ def finish_photo(
         keep_size: an aligned crop goes back to the input's own size (``unfit_square``).
     Returns:
         (result, info): the whole photo with the faces pasted back (the photo unchanged when
-        none was found: ``info['status'] == 'no_face_copied_unchanged'``), or the restored crop.
+        none was found: ``info['status'] == 'no_face_copied_unchanged'``, with
+        ``no_face_reason`` when the photo was too small to search), or the restored crop. For
+        whole photos ``info['faces_left_out']`` counts the faces found beyond ``max_faces``.
     """
     if len(restored) != len(job.crops):
         raise ValueError(f"{len(job.crops)} crops but {len(restored)} restorations")
@@ -179,13 +192,17 @@ def finish_photo(
             result = unfit_square(result, job.photo, fit)
         return result, {"mode": "aligned", "status": "restored", "seed": job.seeds[0]}
     if not job.faces:
-        return np.asarray(job.photo, dtype=np.uint8).copy(), {"mode": "faces", "status": "no_face_copied_unchanged", "faces": []}
+        info = {"mode": "faces", "status": "no_face_copied_unchanged", "faces": [], "faces_left_out": 0}
+        if job.no_face_reason:
+            info["no_face_reason"] = job.no_face_reason
+        return np.asarray(job.photo, dtype=np.uint8).copy(), info
     up = upsampler if upsampler is None or hasattr(upsampler, "upsample") else upsampler()
     result, factors = paste_faces(job.photo, job.faces, list(restored), up)
     info = {
         "mode": "faces",
         "status": "restored",
         "faces": [{**f.to_dict(), "seed": s, "upsample_factor": k} for f, s, k in zip(job.faces, job.seeds, factors)],
+        "faces_left_out": job.faces_left_out,
     }
     return result, info
 

@@ -24,6 +24,7 @@ from odedit.cli.common import (
     prepare_outdir,
     ranged,
     resolve_device,
+    sigterm_as_interrupt,
     torch_dtype,
     write_json_atomic,
 )
@@ -53,8 +54,9 @@ detector (pip install 'odedit[faces]'), aligned to the prior's frame by a simila
 transform from its keypoints, restored, upscaled (ODEdit+: --upsampler, Lanczos by
 default) and blended back with a feathered mask; the output is the whole photo at its
 own size. Inputs already at the model's size are taken as aligned crops. A photo with
-no face is copied through unchanged and reported. --faces aligned restores every input
-as an aligned crop (the behaviour above).
+no face is copied through unchanged and reported; so is one under 32 px a side, which is
+not searched. Faces beyond --max-faces are counted and reported. --faces aligned restores
+every input as an aligned crop (the behaviour above).
 """
 
 
@@ -119,7 +121,7 @@ def add_parser(subparsers) -> None:
         "--max-faces",
         type=ranged(int, 1, MAX_FACES),
         default=10,
-        help=f"faces per photo, best first, 1-{MAX_FACES} (default 10)",
+        help=f"faces per photo, best first (the others are reported), 1-{MAX_FACES} (default 10)",
     )
     f.add_argument(
         "--min-face-score", type=ranged(float, 0.0, 1.0, lo_open=True, hi_open=True), default=0.5,
@@ -291,6 +293,12 @@ class _folder_lock:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``odedit restore``; SIGTERM stops it like Ctrl-C (the run is recorded as interrupted)."""
+    with sigterm_as_interrupt():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
     from tqdm import tqdm
@@ -299,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
     from odedit.imageio import remove_stale_temps, uint8_to_unit, unit_to_uint8
     from odedit.models import ModelLoadError, compile_model, load_model, model_identity
     from odedit.provenance import code_identity
+    from odedit.detect import too_small_for_detection
     from odedit.faces import finish_photo, plan_photo, uses_detection
     from odedit.restorers import ODEdit, SDEdit
 
@@ -430,6 +439,10 @@ def run(args: argparse.Namespace) -> int:
         if info["mode"] == "faces" and info["faces"]:
             entry["upsampler"] = getattr(tools["upsampler"], "name", args.upsampler)
             entry["faces"] = info["faces"]
+        if info["mode"] == "faces":
+            entry["faces_left_out"] = info["faces_left_out"]  # found beyond --max-faces, not restored
+        if "no_face_reason" in info:
+            entry["no_face_reason"] = info["no_face_reason"]
         try:
             save_png_atomic(item.dst, result)
         except OSError as err:
@@ -450,8 +463,10 @@ def run(args: argparse.Namespace) -> int:
         batch = np.stack([item.job.crops[k] for item, k in pending])
         gens = [torch.Generator(device=device).manual_seed(item.job.seeds[k]) for item, k in pending]
         steps = tqdm(total=nfe, desc="model calls", leave=False, disable=not show, file=sys.stderr)
-        out, diverged = restorer.restore_with_status(uint8_to_unit(batch), generator=gens, callback=steps.update)
-        steps.close()
+        try:
+            out, diverged = restorer.restore_with_status(uint8_to_unit(batch), generator=gens, callback=steps.update)
+        finally:  # on Ctrl-C too: clear its line, so that the message after it gets a line of its own
+            steps.close()
         # One host sync per batch, after sampling: a diverged restoration (NaN/inf or far out of
         # range, e.g. a huge --step-size) is an error for its image, never written as a result.
         finite = (~diverged).tolist()
@@ -483,8 +498,8 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(1)
                 continue
             seeds = (lambda i, name=src.name: face_seed(args.seed, name, i))
-            job = plan_photo(image, size, seeds, faces_mode=args.faces,
-                             detector=detector() if uses_detection(args.faces, image.shape, size) else None,
+            searched = uses_detection(args.faces, image.shape, size) and not too_small_for_detection(image.shape)
+            job = plan_photo(image, size, seeds, faces_mode=args.faces, detector=detector() if searched else None,
                              max_faces=args.max_faces, fit=args.fit)
             item = _Item(src=src, dst=dst, job=job, results=[None] * len(job.crops))
             if not job.crops:  # a photo without a detected face
@@ -530,16 +545,33 @@ def run(args: argparse.Namespace) -> int:
         + (f"; {skipped} already done, skipped" if skipped else ""),
         file=sys.stderr,
     )
-    if counts["no_face"]:
-        print(f"{counts['no_face']} photo(s) had no detected face and were copied unchanged:", file=sys.stderr)
-        for name in sidecar["runs"][run_id]["no_face"]:
-            print(f"  {name}", file=sys.stderr)
+    _report_faces(images_meta, run_id, args.max_faces)
     if failures:
         print(f"{len(failures)} input(s) failed:", file=sys.stderr)
         for _, e in failures:
             print(f"  {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _report_faces(images_meta: dict, run_id: str, max_faces: int) -> None:
+    """On stderr, a line per photo of this run copied unchanged (no face, or too small to
+    search) and per photo with more faces than --max-faces (the others left unrestored)."""
+    ours = sorted((e for e in images_meta.values() if e.get("run") == run_id), key=lambda e: e["input"])
+    unchanged = [e for e in ours if e["status"] != "restored"]
+    if unchanged:
+        print(f"{len(unchanged)} photo(s) had no detected face and were copied unchanged:", file=sys.stderr)
+        for e in unchanged:
+            why = e.get("no_face_reason")
+            why = f" ({why}; --faces aligned restores it as a face crop)" if why else ""
+            print(f"  {e['input']}{why}", file=sys.stderr)
+    crowded = [e for e in ours if e.get("faces_left_out")]
+    if crowded:
+        print(f"{len(crowded)} photo(s) had more faces than --max-faces {max_faces}; the lower-scoring ones "
+              "were left unrestored:", file=sys.stderr)
+        for e in crowded:
+            n, left = len(e["faces"]), e["faces_left_out"]
+            print(f"  {e['input']}: {n + left} faces found, {n} restored, {left} left out", file=sys.stderr)
 
 
 @dataclass

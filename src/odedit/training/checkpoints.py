@@ -3,7 +3,9 @@
 Layout of ``OUT``: ``train_config.json`` (settings + resolved run facts), ``log.jsonl``,
 ``checkpoints/step_XXXXXXX/`` (accelerate state + ``trainer_state.json``), ``samples/``
 and ``model/`` (the EMA weights, a ``save_pretrained`` folder). Every write is atomic:
-built under a temporary name, then renamed into place.
+built under a temporary name, then renamed into place. Temp names are short and independent
+of the final name (:mod:`odedit.atomic`), so a run or model folder whose name is near the file
+system's 255-byte limit works too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from odedit.atomic import make_temp_dir, write_text_atomic
 from odedit.training.config import TrainError
 from odedit.unets import save_model
 
@@ -47,20 +50,18 @@ def latest_checkpoint(out: os.PathLike | str) -> Optional[Path]:
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically (short temp name, :func:`odedit.atomic.write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
-    """Move folder ``src`` to ``dst``, replacing an existing ``dst`` (two renames)."""
+    """Move folder ``src`` to ``dst``, replacing an existing ``dst`` (two renames; the old
+    ``dst`` waits in a short-named temp folder next to it, then is deleted)."""
     if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(dst, old)
+        holder = make_temp_dir(dst.parent)
+        os.replace(dst, holder / "old")
         os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(holder, ignore_errors=True)
     else:
         os.replace(src, dst)
 
@@ -73,14 +74,15 @@ def export_model(
     ``gaussian`` (an :class:`odedit.gaussian.GaussianBase`) is saved in ``gaussian/``: the folder
     then loads as a Gaussian base plus the network's residual.
 
-    The folder is built complete under a temporary name and renamed into place.
+    The folder is built complete under a short temporary name (``.odedit-<pid>-<random>.tmp``,
+    whatever the length of ``target``'s name) and renamed into place.
     """
     from odedit.models import write_checksums
 
     target = Path(target)
-    staging = target.with_name(f".{target.name}.staging-{os.getpid()}")
-    if staging.exists():
-        shutil.rmtree(staging)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    holder = make_temp_dir(target.parent)
+    staging = holder / "model"
     try:
         save_model(unet, staging, scheduler_config, fp16=fp16)
         if gaussian is not None:
@@ -91,9 +93,8 @@ def export_model(
             (staging / TRAIN_INFO).write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
         write_checksums(staging)
         _replace_dir(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)
     return target
 
 
@@ -138,6 +139,4 @@ def _truncate_log(path: Path, keep_upto: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:
             continue
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(k + "\n" for k in kept))

@@ -512,6 +512,8 @@ class _Run:
         accelerator, main = self.accelerator, self.main
         root = self.out / CHECKPOINTS
         final = root / f"step_{step:07d}"
+        # A fixed, short temp name (17 bytes, whatever --out is called): every process of a
+        # multi-process run saves its part into it, so it cannot carry a pid or random part.
         tmp = root / f".tmp-step_{step:07d}"
         if main:
             root.mkdir(parents=True, exist_ok=True)
