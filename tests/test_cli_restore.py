@@ -13,6 +13,7 @@ from PIL import Image
 
 from odedit.cli import restore as restore_cli
 from odedit.cli.common import CLIError
+from odedit.restorers import ODEditConfig, SDEditConfig
 from odedit.unets import build_unet
 
 FAST = ["--steps", "6", "--preset", "light", "--quiet", "--faces", "aligned"]
@@ -222,3 +223,29 @@ def test_concurrent_loads_leave_no_meta_device_patch(tiny_model):
         t.join()
     assert not errors
     assert next(build_unet("tiny", 16).parameters()).device.type == "cpu"
+
+
+def test_choices_come_from_the_tables(tmp_path, capsys):
+    """--method, --preset and --solver take the keys of METHODS, PRESETS and SOLVERS; building
+    the parsers imports none of them (no torch)."""
+    import subprocess
+    import sys
+
+    from odedit.restorers import METHODS, PRESETS
+    from odedit.solvers import SOLVERS
+
+    code = "import sys, odedit.cli as c; c.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    parser = argparse.ArgumentParser()
+    restore_cli.add_parser(parser.add_subparsers())
+    for flag, table in (("--method", METHODS), ("--preset", PRESETS), ("--solver", SOLVERS)):
+        for name in table:
+            assert getattr(parser.parse_args(["restore", "x.png", "-o", "y", flag, name]), flag[2:]) == name
+        with pytest.raises(SystemExit):
+            parser.parse_args(["restore", "x.png", "-o", "y", flag, "bogus"])
+        assert ", ".join(repr(n) for n in table) in capsys.readouterr().err
+    args = parser.parse_args(["restore", "x.png", "-o", "y"])
+    assert restore_cli.build_config(args) == ODEditConfig.from_preset("light")
+    args = parser.parse_args(["restore", "x.png", "-o", "y", "--method", "sdedit", "--steps", "20"])
+    assert restore_cli.build_config(args) == SDEditConfig(steps=20, strength=0.5, eta=1.0)

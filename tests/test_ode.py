@@ -11,7 +11,8 @@ import torch
 from conftest import psnr
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
-from odedit.ode import clip_x0, ddim_path, ddim_step, decode, dynamic_threshold, invert
+from odedit.ode import clip_x0, ddim_path, ddim_step, dynamic_threshold
+from odedit.solvers import decode, invert
 from odedit.schedule import timestep_grid
 from helpers import Counted
 

@@ -17,7 +17,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from odedit import models
 from odedit.analytic import GaussianPrior, langevin_stationary_var
 from odedit.models import ModelLoadError, UNetEps, load_model, write_checksums
-from odedit.ode import clip_x0, decode, dynamic_threshold, invert
+from odedit.ode import clip_x0, dynamic_threshold
 from odedit.restorers import (
     PAPER_STEP_SIZE,
     PRESETS,
@@ -30,6 +30,7 @@ from odedit.restorers import (
 )
 from odedit.rng import generators_for
 from odedit.schedule import timestep_grid
+from odedit.solvers import decode, invert
 from odedit.sde import stochastic_step
 from helpers import Counted
 
@@ -497,6 +498,34 @@ def test_restore_argument_errors(gaussian_prior):
     assert ODEdit(gaussian_prior).config == ODEditConfig() and SDEdit(gaussian_prior).config == SDEditConfig()
 
 
+def test_the_config_type_picks_the_algorithm(gaussian_prior):
+    """One table: {ODEditConfig: odedit, SDEditConfig: sdedit}; method names come from the configs."""
+    from odedit.restorers import ALGORITHMS, METHODS, Restorer, algorithm_for, config_for
+
+    assert ALGORITHMS == {ODEditConfig: odedit, SDEditConfig: sdedit}
+    assert METHODS == {"odedit": ODEditConfig, "sdedit": SDEditConfig}
+    assert algorithm_for(SDEditConfig()) is sdedit
+    with pytest.raises(TypeError, match="no restoration method takes a dict"):
+        algorithm_for({})
+    with pytest.raises(TypeError, match="no restoration method"):
+        Restorer(gaussian_prior)  # the generic class has no default config
+    img = torch.rand((2, 3, 16, 16), generator=torch.Generator().manual_seed(0))
+    for cfg, cls in ((ODEditConfig(steps=4, levels=(0, 2), langevin_steps=2), ODEdit),
+                     (SDEditConfig(steps=6, strength=0.5), SDEdit)):
+        assert torch.equal(Restorer(gaussian_prior, cfg).restore(img, generator=_gens(1, 2)),
+                           cls(gaussian_prior, cfg).restore(img, generator=_gens(1, 2)))
+    # config_for: a method name and options; None keeps the preset's or the default value
+    assert config_for("odedit") == ODEditConfig.from_preset("light")
+    assert config_for("odedit", preset="fast", steps=None, solver=None) == ODEditConfig.from_preset("fast")
+    assert config_for("sdedit", steps=None, strength=0.3) == SDEditConfig(strength=0.3)
+    with pytest.raises(ValueError, match="unknown method 'x'"):
+        config_for("x")
+    assert ODEditConfig(steps=4, levels=(0,), langevin_steps=1).stochastic
+    assert not ODEditConfig(steps=4, levels=(0,), langevin_steps=0).stochastic
+    assert not ODEditConfig(steps=4, levels=(0,), langevin_steps=1, temperature=0.0).stochastic
+    assert SDEditConfig(eta=0.0).stochastic
+
+
 # ========================================================================= model adapter (UNetEps)
 
 
@@ -673,6 +702,22 @@ def test_odedit_nfe_and_segments_with_each_solver(gaussian_prior, solver):
     lang = lambda lv: [g[lv]] * 3  # noqa: E731
     down = [g[9], *lang(8), g[8], g[7], g[6], *lang(5), g[5], g[4], g[3], *lang(2), g[2], g[1], *lang(0), g[0]]
     assert m.timesteps == [*up, *down]
+
+
+def test_odedit_is_invert_then_langevin_and_decode_per_segment(gaussian_prior):
+    """Algorithm 1 by hand: invert to the top; at each chosen level (the top included) K Langevin
+    updates, then one solver path down to the next chosen level or the image."""
+    from odedit.langevin import langevin, langevin_step_size
+
+    p, x = gaussian_prior, _prior_images(gaussian_prior, 2, 3)
+    cfg = ODEditConfig(steps=10, levels=(2, 6, 9), langevin_steps=2, step_size=1e-3, solver="dpm++2m")
+    grid, gens = timestep_grid(T, 10), _gens(0, 2)
+    z = invert(p, x, grid, solver="dpm++2m")
+    for n, n_next in ((9, 6), (6, 2), (2, -1)):
+        a_n = langevin_step_size(1e-3, p.schedule.sigma_at(grid[n]), p.schedule.sigma_at(grid[0]))
+        z = langevin(p, z, grid[n], 2, a_n, cfg.temperature, gens)
+        z = decode(p, z, grid, n, n_next, solver="dpm++2m")
+    assert torch.equal(odedit(p, x, cfg, _gens(0, 2)), z)
 
 
 def test_odedit_with_dpm_solver_without_langevin_is_its_round_trip(gaussian_prior):

@@ -10,16 +10,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from odedit.schedule import (
-    NoiseSchedule,
-    betas_for,
-    eps_to_score,
-    eps_to_v,
-    eps_to_x0,
-    timestep_grid,
-    v_to_eps,
-    x0_to_eps,
-)
+from helpers import eps_to_score, eps_to_v, eps_to_x0
+from odedit.schedule import NoiseSchedule, betas_for, timestep_grid, v_to_eps, x0_to_eps
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,5 +1,6 @@
 """DPM-Solver++(2M): second-order convergence on the closed-form Gaussian prior, agreement with
-diffusers' DPMSolverMultistepScheduler / DPMSolverMultistepInverseScheduler, model-call counts."""
+diffusers' DPMSolverMultistepScheduler / DPMSolverMultistepInverseScheduler, model-call counts;
+the solver table and invert/decode between grid levels with every solver."""
 
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ from diffusers import DPMSolverMultistepInverseScheduler, DPMSolverMultistepSche
 
 from helpers import Counted
 from odedit.ode import ddim_path
-from odedit.solvers import dpmpp_2m_path, level_coefficients, solver_path
+from odedit.solvers import (
+    SOLVERS,
+    decode,
+    dpmpp_2m_path,
+    invert,
+    level_coefficients,
+    level_path,
+    solver_path,
+)
+from odedit.schedule import timestep_grid
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -169,3 +179,65 @@ def test_sampling_uses_the_named_solver(gaussian_prior):
     ref = dpmpp_2m_path(gaussian_prior, xT.double(), [*grid[::-1], -1]).float().clamp(-1, 1)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(out, ddim_sample(gaussian_prior, generators_for([0, 1], "cpu"), steps=8))
+
+
+# ---- the solver table; invert / decode between grid levels with every solver ------------------
+
+
+def test_level_path():
+    grid = [0, 100, 200, 300]
+    assert level_path(grid, -1, 3) == [-1, 0, 100, 200, 300]
+    assert level_path(grid, -1, 1) == [-1, 0, 100]
+    assert level_path(grid, 3, -1) == [300, 200, 100, 0, -1]
+    assert level_path(grid, 3, 1) == [300, 200, 100]
+    assert level_path(grid, 0, -1) == [0, -1]
+    for bad in ((2, 2), (4, 0), (0, 4), (-2, 1)):
+        with pytest.raises(ValueError, match="bad levels"):
+            level_path(grid, *bad)
+
+
+def test_solver_table_names_the_path_functions(gaussian_prior):
+    assert list(SOLVERS) == ["ddim", "dpm++2m"]
+    assert SOLVERS["ddim"] is ddim_path
+    x, ts = _x(7), [900, 600, 300, 0, -1]
+    for name, fn in SOLVERS.items():
+        assert torch.equal(fn(gaussian_prior, x, ts, None, None), solver_path(name, gaussian_prior, x, ts))
+    # dpm++2m: first-order last step below 15 steps, second order from 15 on (diffusers' rule)
+    for n in (5, 14, 15, 20):
+        ts = [*_path(0, 900, n, True), -1]
+        lof = n < 15
+        assert torch.equal(solver_path("dpm++2m", gaussian_prior, x, ts), dpmpp_2m_path(gaussian_prior, x, ts, lof))
+
+
+@pytest.mark.parametrize("solver", list(SOLVERS))
+def test_invert_and_decode_with_every_solver(gaussian_prior, solver):
+    """invert/decode are the solver's path between grid levels; partial paths compose."""
+    p, x0, grid = gaussian_prior, _x(8), timestep_grid(T, 10)
+    fn = SOLVERS[solver]
+    c, ticks = Counted(p), []
+    z = invert(c, x0, grid, callback=ticks.append, solver=solver)
+    assert torch.equal(z, fn(p, x0, [-1, *grid], None, None)) and c.calls == sum(ticks) == 10
+    assert torch.equal(invert(p, x0, grid, 4, solver=solver), fn(p, x0, [-1, *grid[:5]], None, None))
+    back = decode(p, z, grid, solver=solver)
+    assert torch.equal(back, fn(p, z, [*grid[::-1], -1], None, None))
+    assert torch.equal(decode(p, z, grid, 9, 4, solver=solver), fn(p, z, grid[4:][::-1], None, None))
+    assert torch.equal(decode(p, z, grid, 6, solver=solver), fn(p, z, [*grid[:7][::-1], -1], None, None))
+    with pytest.raises(ValueError, match="below"):
+        decode(p, z, grid, 3, 3, solver=solver)
+
+
+def test_invert_with_fixed_point_iterations(gaussian_prior):
+    from odedit.ode import ddim_invert_path_fixed_point
+
+    p, x0, grid = gaussian_prior, _x(9), timestep_grid(T, 10)
+    c = Counted(p)
+    z = invert(c, x0, grid, 6, inversion_iters=2)
+    assert c.calls == 7 * 3
+    assert torch.equal(z, ddim_invert_path_fixed_point(p, x0, [-1, *grid[:7]], 2))
+    # the exact inverse of DDIM decoding: better round trips than the explicit inversion
+    exact = _rel(decode(p, invert(p, x0, grid, inversion_iters=8), grid), x0)
+    assert exact < _rel(decode(p, invert(p, x0, grid), grid), x0) / 10
+    with pytest.raises(ValueError, match="fixed-point"):
+        invert(p, x0, grid, inversion_iters=1, solver="dpm++2m")
+    with pytest.raises(ValueError, match="unknown solver"):
+        invert(p, x0, grid, solver="euler")

@@ -1,5 +1,9 @@
 """A closed-form Gaussian prior: an exact ``eps(x, t)`` model for checking solvers.
 
+Test support: the library itself never imports this module; the tests (tests/conftest.py,
+test_ode, test_langevin, test_restorers, ...) check the solvers and Langevin against it, and it
+ships so that users can run the same checks on their own solvers.
+
 If the data are x0 ~ N(mu, s^2 I), every noisy marginal of the diffusion
 x_t = sqrt(ab) x0 + sigma eps (ab = alpha_bar_t, sigma^2 = 1 - ab) is Gaussian too::
 

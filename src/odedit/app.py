@@ -57,13 +57,19 @@ class Request:
     def config(self):
         from odedit.restorers import ODEditConfig, SDEditConfig
 
-        if self.method == "odedit":
-            return ODEditConfig.from_preset(
-                self.preset, langevin_steps=self.langevin_steps or None, step_size=self.step_size
-            )
-        if self.method == "sdedit":
-            return SDEditConfig(strength=float(self.strength))
-        raise ValueError(f"unknown method {self.method!r}")
+        options = {  # each method's settings on the page (None = the preset's or the default)
+            ODEditConfig: dict(preset=self.preset, langevin_steps=self.langevin_steps or None, step_size=self.step_size),
+            SDEditConfig: dict(strength=float(self.strength)),
+        }
+        config_type = self._config_type()
+        return config_type.from_options(**options[config_type])
+
+    def _config_type(self) -> type:
+        from odedit.restorers import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}")
+        return METHODS[self.method]
 
     def commands(self, name: str, model: Optional[str]) -> list[str]:
         """The CLI commands that reproduce this request on a file called ``name``."""
@@ -74,15 +80,16 @@ class Request:
             cmds.append(shlex.join(["odedit", "corrupt", name, "-o", "degraded", "--corruption", self.corruption,
                                     "--severity", str(self.severity), "--seed", str(self.seed)]))
             src = f"degraded/{Path(name).stem}.png"
-        flags = ["--method", self.method, "--seed", str(self.seed), "--faces", self.faces]
-        if self.method == "odedit":
-            flags += ["--preset", self.preset]
-            if self.langevin_steps:
-                flags += ["--langevin-steps", str(self.langevin_steps)]
-            if self.step_size is not None:
-                flags += ["--step-size", repr(self.step_size)]
-        else:
-            flags += ["--strength", repr(float(self.strength))]
+        from odedit.restorers import ODEditConfig, SDEditConfig
+
+        odedit_flags = ["--preset", self.preset]
+        if self.langevin_steps:
+            odedit_flags += ["--langevin-steps", str(self.langevin_steps)]
+        if self.step_size is not None:
+            odedit_flags += ["--step-size", repr(self.step_size)]
+        method_flags = {ODEditConfig: odedit_flags, SDEditConfig: ["--strength", repr(float(self.strength))]}
+        flags = ["--method", self.method, "--seed", str(self.seed), "--faces", self.faces,
+                 *method_flags[self._config_type()]]
         cmds.append(shlex.join(["odedit", "restore", src, "-o", "restored", *model_flag, *flags]))
         return cmds
 
@@ -117,7 +124,7 @@ class Engine:
         from odedit.corruptions import corrupt
         from odedit.faces import restore_photo, uses_detection
         from odedit.imageio import uint8_to_unit, unit_to_uint8
-        from odedit.restorers import ODEdit, SDEdit
+        from odedit.restorers import Restorer
         from odedit.cli.restore import face_seed
         from odedit.rng import corrupt_seed
 
@@ -128,7 +135,7 @@ class Engine:
             rng = np.random.default_rng(corrupt_seed(req.seed, stem_png))
             before = corrupt(image, req.corruption, int(req.severity), rng)
         restore_name = stem_png if req.degrade else Path(name).name  # the file `odedit restore` would see
-        restorer = (ODEdit if req.method == "odedit" else SDEdit)(self.model, config)
+        restorer = Restorer(self.model, config)  # the config's type picks the algorithm
         detecting = uses_detection(req.faces, before.shape, self.size)
         detector = self.detector() if detecting else None
 
@@ -207,6 +214,7 @@ def build_app(engine: Engine):
         raise AppUnavailable(f"the web app needs gradio ({err}); install it with: {INSTALL_HINT}") from None
     from odedit.corruption_names import CORRUPTIONS
     from odedit.detect import detector_available
+    from odedit.restorers import DEFAULT_PRESET, PRESETS
 
     samples = sample_faces()
     has_detector = detector_available()
@@ -252,7 +260,7 @@ def build_app(engine: Engine):
                     corruption = gr.Dropdown(list(CORRUPTIONS), value="gaussian_noise", label="corruption")
                     severity = gr.Slider(1, 5, value=3, step=1, label="severity")
                 method = gr.Radio(["ODEdit", "SDEdit"], value="ODEdit", label="method")
-                preset = gr.Radio(["light", "medium", "heavy", "fast"], value="light",
+                preset = gr.Radio(list(PRESETS), value=DEFAULT_PRESET,
                                   label="ODEdit preset (light/medium/heavy: 100/200/300 Langevin updates: more remove more noise and masks and smooth more; fast: 80 model calls)")
                 langevin = gr.Number(value=0, precision=0, minimum=0, maximum=1000, label="Langevin updates per level (0 = preset)")
                 strength = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="SDEdit strength")

@@ -20,6 +20,9 @@ No clipping happens unless asked for: ``x0_transform`` (e.g. :func:`clip_x0`,
 what the official ODEdit implementation does in inversion (clip) and decoding
 (dynamic thresholding). The model-output eps is kept, as in diffusers' DDIM with
 ``use_clipped_model_output=False``.
+
+Paths between the levels of a grid, with this solver or another, are
+:func:`odedit.solvers.invert` and :func:`odedit.solvers.decode`.
 """
 
 from __future__ import annotations
@@ -161,40 +164,3 @@ def ddim_invert_path_fixed_point(
         x = guess
     return x
 
-
-def invert(
-    model: EpsModel,
-    x0: torch.Tensor,
-    grid: Sequence[int],
-    to_level: Optional[int] = None,
-    x0_transform: Optional[X0Transform] = None,
-    callback: Optional[StepCallback] = None,
-) -> torch.Tensor:
-    """Map a clean image to the latent at ``grid[to_level]`` with the DDIM ODE (no noise).
-
-    Args:
-        x0: (B, C, H, W) image in model space (usually [-1, 1]); never clipped here.
-        grid: ascending timestep grid (see :func:`odedit.schedule.timestep_grid`).
-        to_level: index into grid; default the top level ``len(grid) - 1``.
-    """
-    top = len(grid) - 1 if to_level is None else int(to_level)
-    return ddim_path(model, x0, [-1, *grid[: top + 1]], x0_transform, callback)
-
-
-def decode(
-    model: EpsModel,
-    x: torch.Tensor,
-    grid: Sequence[int],
-    from_level: Optional[int] = None,
-    to_level: int = -1,
-    x0_transform: Optional[X0Transform] = None,
-    callback: Optional[StepCallback] = None,
-) -> torch.Tensor:
-    """Carry a latent at ``grid[from_level]`` down to ``grid[to_level]`` (-1: the image)."""
-    top = len(grid) - 1 if from_level is None else int(from_level)
-    if to_level >= top:
-        raise ValueError(f"to_level {to_level} must be below from_level {top}")
-    path = [grid[i] for i in range(top, max(to_level, 0) - 1, -1)]
-    if to_level == -1:
-        path.append(-1)
-    return ddim_path(model, x, path, x0_transform, callback)

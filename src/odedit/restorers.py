@@ -12,49 +12,33 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Optional, Sequence, Union
+from dataclasses import asdict, dataclass, field
+from typing import Callable, ClassVar, Optional, Sequence, Union
 
 import torch
 
 from odedit.langevin import langevin, langevin_step_size
 from odedit.models import EpsModel, load_model
-from odedit.ode import clip_x0, ddim_invert_path_fixed_point, dynamic_threshold
+from odedit.ode import clip_x0, dynamic_threshold
 from odedit.rng import generators_for, randn_per_image
 from odedit.schedule import timestep_grid
-from odedit.solvers import SOLVERS, solver_path
+from odedit.solvers import SOLVERS, decode, invert
 from odedit.sde import forward_noise, stochastic_step
 
+# The measurements behind these settings: docs/results.md (fast: docs/performance.md).
+#
 # Total Langevin updates of the presets (paper section 4.1: 100 light, 200 medium, 300 heavy;
 # ``fast`` is ours, see PRESET_SETTINGS).
 PRESETS = {"light": 100, "medium": 200, "heavy": 300, "fast": 40}
-DEFAULT_PRESET = "light"  # the measured default (docs/results.md); the paper names no default
-# On 300 val faces with the embedded prior (docs/results.md, Table 1; DPM-Solver++(2M), 20 steps,
-# the presets' Langevin updates at the same levels): light is the best over all
-# corruptions (+0.39 dB over the source, SWD 75 -> 48); medium gains +1.15 dB over light on noise
-# and +0.75 on masks but loses 1.1 on blur and 0.36 dB overall, its faces smoother (SWD 71);
-# heavy is worse than medium on every corruption family (-1.22 dB against light, SWD 88).
-# The presets keep the paper's grid (DDIM, 100 steps): it is the more faithful one. On 100 val
-# faces light on it beats light on DPM-Solver++(2M) with 20 steps (Table 1's grid for the other
-# ODEdit rows; a more accurate round trip, 32.1 vs 29.8 dB) by +0.21 +/- 0.02 dB PSNR and
-# +0.030 +/- 0.002 SSIM (paired), at SWD 56.5 vs 52.1 and 300 vs 140 model calls; on all 300
-# faces it gives 17.58 dB (+0.62 over the source) and SSIM 0.551, level with the source
-# (docs/results.md, Table 1).
+DEFAULT_PRESET = "light"  # the measured default; the paper names no default
 PAPER_STEPS = 100
 PAPER_LEVELS = (0, 25, 50, 75)  # of PAPER_STEPS
 PAPER_STEP_SIZE = 1e-6  # epsilon of Algorithm 1 as we read section 4.1
-# The default epsilon: with the shipped prior the paper's 1e-6 leaves images almost unchanged
-# (100 val faces, light: PSNR -0.35 dB, SWD 80.5 -> 79.1), 1e-4 melts faces into blobs
-# (-4.4 dB, SWD 136), and 1e-5 is the one that restores (+0.2 dB, SWD 52.1; docs/results.md).
-DEFAULT_STEP_SIZE = 1e-5
+DEFAULT_STEP_SIZE = 1e-5  # with the shipped prior the paper's 1e-6 leaves images almost unchanged
 PAPER_TEMPERATURE = 1.0 / 3.0
 # Settings a preset changes from the paper's (light/medium/heavy change none). ``fast``:
 # DPM-Solver++(2M) on a 20-level grid, 10 updates at each of the 4 levels with 2.5x light's
-# step size 1e-5 (the same Langevin time K * eps per level as light's 25 updates at 1e-5):
-# 2 x 20 + 40 = 80 model calls. On 100 val faces against light on the same grid
-# (docs/performance.md, "The fast preset"): PSNR +0.06 +/- 0.03 dB, SSIM +0.002, SWD 51.0 vs
-# 52.1, within the restoration-seed spread. The same Langevin on a 10-step grid (60 calls)
-# lost 1.0 dB: the coarse ODE, not the larger steps.
+# step size (the same Langevin time K * eps per level as light's): 2 x 20 + 40 = 80 model calls.
 PRESET_SETTINGS: dict[str, dict] = {
     "fast": {"steps": 20, "solver": "dpm++2m", "step_size": 2.5e-5},
 }
@@ -89,6 +73,8 @@ class ODEditConfig:
             explicit step); > 0 makes inversion the exact inverse of DDIM decoding
             (:func:`odedit.ode.ddim_invert_path_fixed_point`), at (1 + iters) calls per step.
     """
+
+    method: ClassVar[str] = "odedit"  # its name in --method, the app and bench records
 
     steps: int = PAPER_STEPS
     levels: tuple[int, ...] = PAPER_LEVELS
@@ -145,6 +131,16 @@ class ODEditConfig:
         """Model calls per image: inversion (x (1 + inversion_iters)) + decoding + Langevin."""
         return (self.top_level + 1) * (2 + self.inversion_iters) + self.total_langevin_steps
 
+    @property
+    def stochastic(self) -> bool:
+        """Whether the result depends on the seed: only through Langevin noise."""
+        return self.total_langevin_steps > 0 and self.temperature > 0 and self.step_size > 0
+
+    @classmethod
+    def from_options(cls, preset: Optional[str] = None, **overrides) -> "ODEditConfig":
+        """:meth:`from_preset` (None = the default preset); options that are None keep the preset's."""
+        return cls.from_preset(DEFAULT_PRESET if preset is None else preset, **overrides)
+
     @classmethod
     def from_preset(cls, preset: str = DEFAULT_PRESET, **overrides) -> "ODEditConfig":
         """A preset plus overrides: light/medium/heavy = the paper's grid, levels and temperature
@@ -183,6 +179,8 @@ class SDEditConfig:
             another method at equal cost without moving t0); at most t0 + 1.
     """
 
+    method: ClassVar[str] = "sdedit"  # its name in --method, the app and bench records
+
     steps: int = PAPER_STEPS
     strength: float = 0.5
     eta: float = 1.0
@@ -205,6 +203,16 @@ class SDEditConfig:
     @property
     def nfe(self) -> int:
         return self.start_level + 1 if self.calls is None else self.calls
+
+    @property
+    def stochastic(self) -> bool:
+        """Always: the injected noise is drawn from the seed."""
+        return True
+
+    @classmethod
+    def from_options(cls, **options) -> "SDEditConfig":
+        """The config with the given fields; options that are None keep the defaults."""
+        return cls(**{k: v for k, v in options.items() if v is not None})
 
     def timesteps(self, num_train_timesteps: int) -> list[int]:
         """The descending training timesteps SDEdit evaluates the model at, t0 first."""
@@ -234,6 +242,16 @@ def odedit(
 ) -> torch.Tensor:
     """ODEdit, Algorithm 1: ODE inversion, then Langevin + ODE decoding level by level.
 
+    Notation key (Algorithm 1):
+        n           level of the ``config.steps``-level grid, 0 = least noise (the paper's t = n + 1);
+                    level -1 is the image itself
+        grid[n]     training timestep of level n
+        top         config.top_level, the level the inversion reaches (the paper's N: the top)
+        x_n         latent at level n (x_{-1}: the degraded image, then the restored one)
+        sigma_n     sqrt(1 - alpha_bar) at level n; sigma_1 is level 0's
+        K, eps, T   Langevin updates per chosen level, step size, temperature
+        chosen      the levels where Langevin runs: config.levels, or none when K = 0
+
     Args:
         model: eps(x, t) contract.
         x0: (B, C, H, W) degraded images in model space ([-1, 1]), float.
@@ -244,35 +262,25 @@ def odedit(
     """
     schedule = model.schedule
     grid = timestep_grid(schedule.num_train_timesteps, config.steps)
-    top = config.top_level
-    sigma_1 = schedule.sigma_at(grid[0])
-    levels = set(config.levels)
+    top, sigma_1 = config.top_level, schedule.sigma_at(grid[0])
     inv_transform = clip_x0 if config.clip_inversion_x0 else None
     dec_transform = dynamic_threshold(config.decode_threshold) if config.decode_threshold else None
+    chosen = sorted(config.levels, reverse=True) if config.langevin_steps > 0 else []
+    solver, iters = config.solver, config.inversion_iters
 
-    # 1. x_{N,0} = ODE_SOLVER_forward(x0): eq. 8 (or DPM-Solver++) from the image up to the top level.
-    up = [-1, *grid[: top + 1]]
-    if config.inversion_iters:
-        x = ddim_invert_path_fixed_point(model, x0, up, config.inversion_iters, inv_transform, callback)
-    else:
-        x = solver_path(config.solver, model, x0, up, inv_transform, callback)
-    # 2. for t = N .. 1 (grid levels top .. 0), in segments that end at a Langevin level:
-    lv_active = sorted((lv for lv in levels if config.langevin_steps > 0), reverse=True)
-    level = top
-    while level >= 0:
-        t = grid[level]
-        if level in lv_active:
-            # 3. a_t = eps * sigma_t / sigma_1;  4-5. K Langevin updates with score -eps/sigma_t (eq. 9).
-            a_t = langevin_step_size(config.step_size, schedule.sigma_at(t), sigma_1)
-            x = langevin(model, x, t, config.langevin_steps, a_t, config.temperature, generators, callback)
-        # 6. x_{t-1} = ODE_SOLVER_backward(x_{t,K}): down to the next Langevin level (or the image).
-        #    One solver call per segment: a multistep solver restarts after each Langevin block,
-        #    whose moves make its history stale. For DDIM this is step-by-step eq. 8 as before.
-        below = [lv for lv in lv_active if lv < level]
-        stop = below[0] if below else -1
-        path = [grid[i] for i in range(level, max(stop, 0) - 1, -1)] + ([-1] if stop == -1 else [])
-        x = solver_path(config.solver, model, x, path, dec_transform, callback)
-        level = stop if stop >= 0 else -1
+    # 1. x_top = ODE_SOLVER_forward(x_{-1}): eq. 8 (or DPM-Solver++, or fixed-point DDIM) up to the top.
+    x = invert(model, x0, grid, top, inv_transform, callback, solver=solver, inversion_iters=iters)
+    # 2. for n = top .. 0, in segments that end at the chosen levels below the top and at the image:
+    n = top
+    for n_next in [*(lv for lv in chosen if lv < top), -1]:
+        if n in chosen:
+            # 3. a_n = eps * sigma_n / sigma_1;  4-5. K Langevin updates with score -eps/sigma_n (eq. 9).
+            a_n = langevin_step_size(config.step_size, schedule.sigma_at(grid[n]), sigma_1)
+            x = langevin(model, x, grid[n], config.langevin_steps, a_n, config.temperature, generators, callback)
+        # 6. x_{n_next} = ODE_SOLVER_backward(x_{n,K}) (eq. 8): one solver call per segment, so a
+        #    multistep solver restarts after each Langevin block, whose moves make its history stale.
+        x = decode(model, x, grid, n, n_next, dec_transform, callback, solver=solver)
+        n = n_next
     return x
 
 
@@ -299,6 +307,33 @@ def sdedit(
         if callback is not None:
             callback(1)
     return x
+
+
+# ---- the one table of methods ------------------------------------------------------------
+
+# The config's type picks the algorithm. A new restoration method is a config class (with
+# ``method``, ``nfe``, ``stochastic``, ``from_options`` and ``to_dict``) and its function, added here.
+ALGORITHMS: dict[type, Callable[..., torch.Tensor]] = {ODEditConfig: odedit, SDEditConfig: sdedit}
+# Method name (--method, the app, bench records) -> config type.
+METHODS: dict[str, type] = {config_type.method: config_type for config_type in ALGORITHMS}
+
+
+def algorithm_for(config) -> Callable[..., torch.Tensor]:
+    """The restoration function of a config (:data:`ALGORITHMS`); TypeError for another type."""
+    try:
+        return ALGORITHMS[type(config)]
+    except KeyError:
+        names = ", ".join(t.__name__ for t in ALGORITHMS)
+        raise TypeError(f"no restoration method takes a {type(config).__name__}; expected one of {names}") from None
+
+
+def config_for(method: str, **options):
+    """The config of method ``method`` (a key of :data:`METHODS`) from options (None = default)."""
+    try:
+        config_type = METHODS[method]
+    except KeyError:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}") from None
+    return config_type.from_options(**options)
 
 
 # ---- convenience classes ----------------------------------------------------------------
@@ -331,9 +366,20 @@ def _generators(generator: GeneratorArg, batch: int, device: torch.device) -> li
 
 
 @dataclass(eq=False)
-class _Restorer:
+class Restorer:
+    """A loaded model and a config; the config's type picks the algorithm (:data:`ALGORITHMS`)."""
+
     model: EpsModel
     config: object = field(default=None)
+    default_config: ClassVar[Optional[type]] = None  # ODEdit / SDEdit: the config type they take
+
+    def __post_init__(self) -> None:
+        wanted = self.default_config
+        if self.config is None and wanted is not None:
+            self.config = wanted()
+        if wanted is not None and not isinstance(self.config, wanted):
+            raise TypeError(f"{type(self).__name__} needs an {wanted.__name__}, got {type(self.config).__name__}")
+        algorithm_for(self.config)  # TypeError for a config no method takes
 
     @classmethod
     def from_pretrained(
@@ -345,9 +391,6 @@ class _Restorer:
     ):
         """Load a model (None = the embedded default prior, a folder, or a hub id)."""
         return cls(load_model(source, device=device, dtype=dtype), config)
-
-    def _run(self, x, generators, callback):  # pragma: no cover - overridden
-        raise NotImplementedError
 
     def restore(
         self,
@@ -389,40 +432,21 @@ class _Restorer:
         x = x.to(device=device, dtype=torch.float32)
         gens = _generators(generator, x.shape[0], device)
         with torch.no_grad():
-            out = self._run(x * 2.0 - 1.0, gens, callback)
+            out = algorithm_for(self.config)(self.model, x * 2.0 - 1.0, self.config, gens, callback)
         diverged = ~torch.isfinite(out).flatten(1).all(1) | (out.abs().flatten(1).amax(1) > DIVERGED_ABS)
         out = ((out + 1.0) / 2.0).clamp(0.0, 1.0).to(images.dtype)
         return (out[0], diverged[0]) if single else (out, diverged)
 
 
 @dataclass(eq=False)
-class ODEdit(_Restorer):
+class ODEdit(Restorer):
     """ODEdit with a loaded model; ``config`` defaults to the ``light`` preset (step size 1e-5)."""
 
-    def __post_init__(self) -> None:
-        if self.config is None:
-            self.config = ODEditConfig()
-        if not isinstance(self.config, ODEditConfig):
-            raise TypeError(f"ODEdit needs an ODEditConfig, got {type(self.config).__name__}")
-
-    def _run(self, x, generators, callback):
-        return odedit(self.model, x, self.config, generators, callback)
+    default_config: ClassVar[Optional[type]] = ODEditConfig
 
 
 @dataclass(eq=False)
-class SDEdit(_Restorer):
+class SDEdit(Restorer):
     """SDEdit with a loaded model; ``config`` defaults to strength 0.5 on 100 steps."""
 
-    def __post_init__(self) -> None:
-        if self.config is None:
-            self.config = SDEditConfig()
-        if not isinstance(self.config, SDEditConfig):
-            raise TypeError(f"SDEdit needs an SDEditConfig, got {type(self.config).__name__}")
-
-    def _run(self, x, generators, callback):
-        return sdedit(self.model, x, self.config, generators, callback)
-
-
-def with_overrides(config, **changes):
-    """A copy of a frozen config with some fields changed (validated again)."""
-    return replace(config, **{k: v for k, v in changes.items() if v is not None})
+    default_config: ClassVar[Optional[type]] = SDEditConfig

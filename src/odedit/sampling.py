@@ -17,7 +17,7 @@ from odedit.models import EpsModel
 from odedit.ode import X0Transform
 from odedit.rng import generators_for, randn_per_image
 from odedit.schedule import timestep_grid
-from odedit.solvers import solver_path
+from odedit.solvers import decode
 
 __all__ = ["ddim_sample", "sample_chunks", "sample_grid", "sample_seeds", "to_uint8", "grid_image", "default_ncols"]
 
@@ -46,7 +46,7 @@ def ddim_sample(
 
     x_T is drawn from each image's generator at the top level of the ``steps``-step
     grid (:func:`odedit.schedule.timestep_grid`), then decoded to the image with
-    :func:`odedit.ode.decode`. The noise is drawn on each generator's own device and
+    :func:`odedit.solvers.decode` and the named solver. The noise is drawn on each generator's own device and
     moved to the model: CPU generators give the same x_T whatever the model's device.
 
     Args:
@@ -56,7 +56,7 @@ def ddim_sample(
         batch_size: samples per model call (default: all at once).
         x0_transform: optional map on predicted x0 inside each step (see ``odedit.ode``).
         callback: ``callback(k)`` after every model call on a chunk of k samples.
-        solver: ``ddim`` | ``dpm++2m`` (:mod:`odedit.solvers`), ``steps`` model calls either way.
+        solver: a key of :data:`odedit.solvers.SOLVERS`, ``steps`` model calls either way.
     Returns:
         float32 tensor (B, C, H, W) on the model's device, clamped to [-1, 1].
     """
@@ -83,7 +83,7 @@ def ddim_sample(
                 ]
             )
         step_cb = None if callback is None else (lambda _n, k=len(part): callback(k))
-        x = solver_path(solver, model, x, [*grid[::-1], -1], x0_transform, step_cb)
+        x = decode(model, x, grid, None, -1, x0_transform, step_cb, solver=solver)
         out.append(x.float().clamp_(-1.0, 1.0))
     return torch.cat(out)
 

@@ -1,4 +1,4 @@
-"""Noise-schedule maths (float64) and conversions between eps, x0, v and score.
+"""Noise-schedule maths (float64) and the conversions of x0 and v predictions to eps.
 
 Notation (DDPM/DDIM, as in the ODEdit paper, eq. 8-9):
     alpha_bar[t]  cumulative product of (1 - beta) at training timestep t, t = 0..T-1
@@ -139,11 +139,7 @@ def timestep_grid(num_train_timesteps: int, num_steps: int) -> list[int]:
 
 
 # ---- conversions between parameterisations (pure; ab = alpha_bar as a float) ---------
-
-
-def eps_to_x0(x: torch.Tensor, eps: torch.Tensor, alpha_bar: float) -> torch.Tensor:
-    """Predicted clean image x0 = (x - sigma eps) / sqrt(alpha_bar)."""
-    return (x - math.sqrt(1.0 - alpha_bar) * eps) / math.sqrt(alpha_bar)
+# (the other directions, used by the tests only, are in tests/helpers.py)
 
 
 def x0_to_eps(x: torch.Tensor, x0: torch.Tensor, alpha_bar: float) -> torch.Tensor:
@@ -154,13 +150,3 @@ def x0_to_eps(x: torch.Tensor, x0: torch.Tensor, alpha_bar: float) -> torch.Tens
 def v_to_eps(x: torch.Tensor, v: torch.Tensor, alpha_bar: float) -> torch.Tensor:
     """eps from a v-prediction (Salimans & Ho 2022): eps = sqrt(ab) v + sigma x."""
     return math.sqrt(alpha_bar) * v + math.sqrt(1.0 - alpha_bar) * x
-
-
-def eps_to_v(x: torch.Tensor, eps: torch.Tensor, alpha_bar: float) -> torch.Tensor:
-    """v = (eps - sigma x) / sqrt(ab), the inverse of :func:`v_to_eps`."""
-    return (eps - math.sqrt(1.0 - alpha_bar) * x) / math.sqrt(alpha_bar)
-
-
-def eps_to_score(eps: torch.Tensor, alpha_bar: float) -> torch.Tensor:
-    """Stein score of the noisy marginal, s = -eps / sigma (eq. 9)."""
-    return -eps / math.sqrt(1.0 - alpha_bar)

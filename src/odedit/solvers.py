@@ -22,29 +22,42 @@ Steps (numbers cited in the code):
        (diffusers ``solver_type="midpoint"``; DPM-Solver++ eq. (for 2M) / Algorithm 2).
 
 The first step has no history and is first order. The last step is first order when
-``lower_order_final`` (:func:`solver_path` sets it for paths under 15 steps, as diffusers
-does; always when a path ends at the clean image, where h = +inf and only
+``lower_order_final`` (:func:`dpmpp_2m`, the ``dpm++2m`` solver, sets it for paths under 15
+steps, as diffusers does; always when a path ends at the clean image, where h = +inf and only
 x_next = D_cur is defined). From the clean level itself (inversion starting at t = -1)
 eps is evaluated at t_next, as :func:`odedit.ode.ddim_path` does, and the step is the
 DDIM step; the history then holds D = x (exact at sigma = 0).
 
 Model calls: ``len(timesteps) - 1``, one per step, like DDIM. ``x0_transform`` (clipping,
 dynamic thresholding) is applied to each D as it is computed, never implicitly.
+
+The solvers by name: :data:`SOLVERS` maps each name to its path function (the one table; a
+new solver is one entry here). :func:`invert` and :func:`decode` move an image or a latent
+between levels of a timestep grid with any of them (levels: indices into the grid, -1 = the
+clean image); :func:`invert` also runs DDIM's fixed-point inversion
+(:func:`odedit.ode.ddim_invert_path_fixed_point`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from odedit.models import EpsModel
-from odedit.ode import StepCallback, X0Transform, ddim_path, ddim_step
+from odedit.ode import StepCallback, X0Transform, ddim_invert_path_fixed_point, ddim_path, ddim_step
 
-__all__ = ["SOLVERS", "dpmpp_2m_path", "solver_path", "level_coefficients"]
+__all__ = [
+    "SOLVERS", "PathFn", "decode", "dpmpp_2m", "dpmpp_2m_path", "invert", "level_coefficients", "level_path",
+    "path_function", "solver_path",
+]
 
-SOLVERS = ("ddim", "dpm++2m")
+# A path function: (model, x, timesteps, x0_transform, callback) -> x at timesteps[-1],
+# one model call per step (the contract of odedit.ode.ddim_path).
+PathFn = Callable[
+    [EpsModel, torch.Tensor, Sequence[int], Optional[X0Transform], Optional[StepCallback]], torch.Tensor
+]
 
 
 def level_coefficients(alpha_bar: float) -> tuple[float, float, float]:
@@ -121,6 +134,30 @@ def dpmpp_2m_path(
     return x
 
 
+def dpmpp_2m(
+    model: EpsModel,
+    x: torch.Tensor,
+    timesteps: Sequence[int],
+    x0_transform: Optional[X0Transform] = None,
+    callback: Optional[StepCallback] = None,
+) -> torch.Tensor:
+    """:func:`dpmpp_2m_path` with diffusers' rule for the last step: first order on paths of
+    fewer than 15 steps (``lower_order_final``), second order on longer ones."""
+    return dpmpp_2m_path(model, x, timesteps, len(timesteps) - 1 < 15, x0_transform, callback)
+
+
+# The ODE solvers by name (--solver): ddim = eq. 8, the paper's; dpm++2m = DPM-Solver++(2M).
+SOLVERS: dict[str, PathFn] = {"ddim": ddim_path, "dpm++2m": dpmpp_2m}
+
+
+def path_function(solver: str) -> PathFn:
+    """The path function of a solver name (ValueError for an unknown name)."""
+    try:
+        return SOLVERS[solver]
+    except KeyError:
+        raise ValueError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}") from None
+
+
 def solver_path(
     solver: str,
     model: EpsModel,
@@ -129,10 +166,76 @@ def solver_path(
     x0_transform: Optional[X0Transform] = None,
     callback: Optional[StepCallback] = None,
 ) -> torch.Tensor:
-    """Integrate along ``timesteps`` with a named solver (``ddim`` | ``dpm++2m``), one call per step."""
-    if solver == "ddim":
-        return ddim_path(model, x, timesteps, x0_transform, callback)
-    if solver == "dpm++2m":
-        # first-order last step on short paths only, as diffusers (lower_order_final, < 15 steps)
-        return dpmpp_2m_path(model, x, timesteps, len(timesteps) - 1 < 15, x0_transform, callback)
-    raise ValueError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
+    """Integrate along ``timesteps`` with a named solver (a key of :data:`SOLVERS`), one call per step."""
+    return path_function(solver)(model, x, timesteps, x0_transform, callback)
+
+
+def level_path(grid: Sequence[int], from_level: int, to_level: int) -> list[int]:
+    """The timesteps from grid level ``from_level`` to ``to_level``, both included.
+
+    Levels index ``grid`` (ascending timesteps); level -1 is the clean image (timestep -1).
+    E.g. on grid [0, 100, 200]: level_path(grid, -1, 2) = [-1, 0, 100, 200] (inversion),
+    level_path(grid, 2, -1) = [200, 100, 0, -1] (decoding), level_path(grid, 2, 1) = [200, 100].
+    """
+    if not (-1 <= from_level < len(grid) and -1 <= to_level < len(grid)) or from_level == to_level:
+        raise ValueError(f"bad levels {from_level} -> {to_level} on a grid of {len(grid)}")
+    step = 1 if to_level > from_level else -1
+    return [-1 if i < 0 else int(grid[i]) for i in range(from_level, to_level + step, step)]
+
+
+def invert(
+    model: EpsModel,
+    x0: torch.Tensor,
+    grid: Sequence[int],
+    to_level: Optional[int] = None,
+    x0_transform: Optional[X0Transform] = None,
+    callback: Optional[StepCallback] = None,
+    *,
+    solver: str = "ddim",
+    inversion_iters: int = 0,
+) -> torch.Tensor:
+    """Map a clean image to the latent at ``grid[to_level]`` with the probability-flow ODE (no noise).
+
+    Args:
+        x0: (B, C, H, W) image in model space (usually [-1, 1]), float; never clipped here.
+        grid: ascending timestep grid (see :func:`odedit.schedule.timestep_grid`).
+        to_level: index into grid; default the top level ``len(grid) - 1``.
+        solver: a key of :data:`SOLVERS`.
+        inversion_iters: J > 0: DDIM's fixed-point inversion, the exact inverse of DDIM decoding
+            (:func:`odedit.ode.ddim_invert_path_fixed_point`; needs ``solver="ddim"``).
+    Returns:
+        (B, C, H, W) latent, x0's dtype. Model calls: (to_level + 1) * (1 + J).
+    """
+    path = level_path(grid, -1, len(grid) - 1 if to_level is None else int(to_level))
+    if inversion_iters:
+        if solver != "ddim":
+            raise ValueError(f"fixed-point inversion inverts DDIM decoding: it needs solver 'ddim', not {solver!r}")
+        return ddim_invert_path_fixed_point(model, x0, path, inversion_iters, x0_transform, callback)
+    return path_function(solver)(model, x0, path, x0_transform, callback)
+
+
+def decode(
+    model: EpsModel,
+    x: torch.Tensor,
+    grid: Sequence[int],
+    from_level: Optional[int] = None,
+    to_level: int = -1,
+    x0_transform: Optional[X0Transform] = None,
+    callback: Optional[StepCallback] = None,
+    *,
+    solver: str = "ddim",
+) -> torch.Tensor:
+    """Carry a latent at ``grid[from_level]`` (default: the top) down to ``grid[to_level]`` (-1: the image).
+
+    One solver call for the whole path (a multistep solver keeps its history along it).
+
+    Args:
+        x: (B, C, H, W) float latent at level ``from_level``.
+        solver: a key of :data:`SOLVERS`.
+    Returns:
+        (B, C, H, W) latent (image at -1), x's dtype, not clipped. Model calls: from_level - to_level.
+    """
+    top = len(grid) - 1 if from_level is None else int(from_level)
+    if to_level >= top:
+        raise ValueError(f"to_level {to_level} must be below from_level {top}")
+    return path_function(solver)(model, x, level_path(grid, top, to_level), x0_transform, callback)

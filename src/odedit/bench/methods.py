@@ -17,13 +17,15 @@ from odedit.restorers import (
     PAPER_STEPS,
     PAPER_TEMPERATURE,
     PRESET_SETTINGS,
+    METHODS,
     PRESETS,
     ODEditConfig,
     SDEditConfig,
     scaled_levels,
 )
 
-METHOD_KINDS = ("source", "odedit", "sdedit")
+SOURCE = "source"  # the degraded image itself, as a method (no config, no model calls)
+METHOD_KINDS = (SOURCE, *METHODS)  # source, odedit, sdedit: the restoration methods' own table
 ABLATION_STEP_SIZES = (1e-6, 1e-5, 1e-4)
 
 
@@ -53,10 +55,11 @@ class MethodSpec:
     def __post_init__(self) -> None:
         if self.kind not in METHOD_KINDS:
             raise ValueError(f"unknown method kind {self.kind!r}; expected one of {METHOD_KINDS}")
-        if self.kind == "odedit" and not isinstance(self.config, ODEditConfig):
-            raise TypeError("an odedit method needs an ODEditConfig")
-        if self.kind == "sdedit" and not isinstance(self.config, SDEditConfig):
-            raise TypeError("an sdedit method needs an SDEditConfig")
+        wanted = METHODS.get(self.kind)
+        if wanted is not None and not isinstance(self.config, wanted):
+            raise TypeError(f"an {self.kind} method needs an {wanted.__name__}")
+        if wanted is None and self.config is not None:
+            raise TypeError(f"the {self.kind} method takes no config")
         if int(self.best_of) < 1:
             raise ValueError(f"best_of must be >= 1, got {self.best_of}")
 
@@ -66,13 +69,13 @@ class MethodSpec:
         return 0 if self.config is None else int(self.config.nfe) * int(self.best_of)
 
     @property
+    def restores(self) -> bool:
+        """False for the source (the degraded image itself), True for a restoration method."""
+        return self.config is not None
+
+    @property
     def stochastic(self) -> bool:
-        if self.kind == "sdedit":
-            return True
-        if self.kind == "odedit":
-            c = self.config
-            return c.total_langevin_steps > 0 and c.temperature > 0 and c.step_size > 0
-        return False
+        return self.restores and self.config.stochastic
 
     @property
     def oracle(self) -> bool:
@@ -215,7 +218,7 @@ def ablation_methods(
 
     def od(cfg: ODEditConfig, note: str) -> None:
         cfg = _canonical_nolangevin(cfg) if cfg.total_langevin_steps == 0 else cfg
-        _add(out, MethodSpec(odedit_method_name(preset, cfg), "odedit", cfg, preset=preset, note=note, ablation=True))
+        _add(out, MethodSpec(odedit_method_name(preset, cfg), cfg.method, cfg, preset=preset, note=note, ablation=True))
 
     od(base, "ablation base: Langevin at all levels")
     od(replace(base, langevin_steps=0), "ablation: invert then decode, no Langevin")
@@ -232,7 +235,7 @@ def ablation_methods(
         note = f"NFE matched to {base_name} ({base.nfe}): NFE={cfg.nfe}, starts at t0={t0}"
         if cfg.nfe != base.nfe:
             note += f" (capped at t0 + 1 = {t0 + 1} calls)"
-        _add(out, MethodSpec(sdedit_method_name(cfg, matched=True), "sdedit", cfg, note=note, ablation=True))
+        _add(out, MethodSpec(sdedit_method_name(cfg, matched=True), cfg.method, cfg, note=note, ablation=True))
     return list(out.values())
 
 
@@ -275,24 +278,24 @@ def build_methods(
     overrides = {k: v for k, v in (odedit_overrides or {}).items() if v is not None and k != "step_size"}
     sizes = list(dict.fromkeys(step_sizes)) if step_sizes else [None]
     strengths = list(dict.fromkeys(float(s) for s in strengths))
-    if not strengths and ("sdedit" in kinds or ablations or match_nfe):
+    if not strengths and (SDEditConfig.method in kinds or ablations or match_nfe):
         raise BenchError("no SDEdit strengths given")
     out: dict[str, MethodSpec] = {}
     main: list[str] = []
     try:
-        if "source" in kinds:
-            _add(out, MethodSpec("source", "source", note="the degraded image itself"))
-        if "odedit" in kinds:
+        if SOURCE in kinds:
+            _add(out, MethodSpec(SOURCE, SOURCE, note="the degraded image itself"))
+        if ODEditConfig.method in kinds:
             for p in presets:
                 for eps in sizes:
                     cfg = _odedit_config(p, {**overrides, "step_size": eps})
-                    spec = MethodSpec(odedit_method_name(p, cfg), "odedit", cfg, preset=p)
+                    spec = MethodSpec(odedit_method_name(p, cfg), cfg.method, cfg, preset=p)
                     _add(out, spec)
                     main.append(spec.name)
-        if "sdedit" in kinds:
+        if SDEditConfig.method in kinds:
             for s in strengths:
                 cfg = SDEditConfig(steps=sdedit_steps or PAPER_STEPS, strength=s, eta=eta)
-                spec = MethodSpec(sdedit_method_name(cfg), "sdedit", cfg)
+                spec = MethodSpec(sdedit_method_name(cfg), cfg.method, cfg)
                 _add(out, spec)
                 main.append(spec.name)
         if ablations:
@@ -306,7 +309,7 @@ def build_methods(
                     cfg = sdedit_nfe_matched(base.nfe, s, eta)
                     note = (f"NFE matched to {odedit_method_name(p, base)} ({base.nfe}): "
                             f"NFE={cfg.nfe}, starts at t0={sdedit_start_timestep(cfg)}")
-                    _add(out, MethodSpec(sdedit_method_name(cfg, matched=True), "sdedit", cfg, note=note))
+                    _add(out, MethodSpec(sdedit_method_name(cfg, matched=True), cfg.method, cfg, note=note))
         if best_of > 1:
             for name in main:
                 spec = out[name]

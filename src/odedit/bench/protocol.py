@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from odedit.bench.methods import MethodSpec, build_methods
+from odedit.bench.methods import SOURCE, MethodSpec, build_methods
 from odedit.bench.records import (
     FORMAT_VERSION,
     SETTINGS_FILE,
@@ -389,9 +389,9 @@ def _restore_batch(model, spec: MethodSpec, degraded: np.ndarray, clean: np.ndar
     import torch
 
     from odedit.imageio import uint8_to_unit, unit_to_uint8
-    from odedit.restorers import ODEdit, SDEdit
+    from odedit.restorers import Restorer
 
-    restorer = (ODEdit if spec.kind == "odedit" else SDEdit)(model, spec.config)
+    restorer = Restorer(model, spec.config)  # the config's type picks the algorithm
     x = uint8_to_unit(degraded)
     _sync(device)
     t0 = time.perf_counter()
@@ -445,7 +445,7 @@ def _process_share(items: list[_Item], data: ImageSet, lay: _Layout, model, meth
     total_calls = sum(pending[m.name] * m.nfe for m in work)
     from tqdm import tqdm
 
-    if items and any(pending[m.name] and m.kind != "source" for m in work):
+    if items and any(pending[m.name] and m.restores for m in work):
         _warm_up(model, device, min(s.batch_size, len(items)))
     bar = tqdm(total=total_calls, desc="bench", unit="call", disable=not (s.progress and ctx.is_main),
                file=sys.stderr, dynamic_ncols=True)
@@ -461,7 +461,7 @@ def _process_share(items: list[_Item], data: ImageSet, lay: _Layout, model, meth
                     continue
                 keys = [batch[i].key for i in idx]
                 bar.set_postfix_str(spec.name, refresh=False)
-                if spec.kind == "source":
+                if not spec.restores:  # the source: the degraded image itself
                     out, extras, seconds = deg[idx], [{} for _ in idx], 0.0
                 else:
                     n = len(idx)
@@ -471,7 +471,7 @@ def _process_share(items: list[_Item], data: ImageSet, lay: _Layout, model, meth
                 p, q = _fidelity(clean[idx], out)
                 for j, i in enumerate(idx):
                     key = batch[i].key
-                    if spec.kind != "source":
+                    if spec.restores:
                         save_png_atomic(lay.image(spec.name, key), out[j])
                     rec = {"image": key, "method": spec.name, "corruption": recs[i]["corruption"],
                            "nfe": spec.nfe, "seconds": seconds / len(idx), "psnr": p[j], "ssim": q[j],
@@ -646,8 +646,8 @@ def _run_and_report(s: BenchSettings, ctx: ProcessContext, out: Path, data: Imag
     """Compute every missing (image, method) pair of this process's share, then (main process)
     aggregate the folder into summary.md / results.csv / grid.png."""
     lay = _Layout(out)
-    lay.mkdirs(["clean", "degraded", *[m.name for m in s.methods if m.kind != "source"]])
-    (out / "records" / "source").mkdir(parents=True, exist_ok=True)
+    lay.mkdirs(["clean", "degraded", *[m.name for m in s.methods if m.restores]])
+    (out / "records" / SOURCE).mkdir(parents=True, exist_ok=True)
     mine = shard(items, ctx.index, ctx.num)
     try:
         _process_share(mine, data, lay, model, s.methods, s, device, ctx, stats)

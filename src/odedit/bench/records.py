@@ -171,6 +171,7 @@ def _check_resume(existing: dict, settings: dict, methods: list[MethodSpec]) -> 
 
 
 # ODEditConfig fields added later, with the values runs made before them used.
+# Keyed by the recorded method kind (odedit.restorers.ODEditConfig.method).
 _CONFIG_DEFAULTS = {"odedit": {"solver": "ddim", "inversion_iters": 0}}
 
 

@@ -36,6 +36,7 @@ from odedit.bench.records import (
     _write_json,
     write_manifest,
 )
+from odedit.restorers import ODEditConfig
 
 PSNR_CAP = 100.0  # dB: an image identical to its clean image (PSNR = inf) counts as this in means
 SWD_CACHE_DIR = "_swd"  # records/_swd/<hash>.json: SWD values by content (see aggregate)
@@ -99,9 +100,9 @@ def _num(v) -> str:
 
 def _config_text(spec: MethodSpec) -> str:
     c = spec.config
-    if spec.kind == "source":
+    if not spec.restores:
         return "-"
-    if spec.kind == "odedit":
+    if isinstance(c, ODEditConfig):
         if c.total_langevin_steps == 0:
             text = f"steps={c.steps}, no Langevin"
         else:
@@ -160,7 +161,7 @@ def aggregate(
     clean = _load_set(lay, "clean", keys)
     ref_is_clean = reference is None
     ref = clean if ref_is_clean else reference
-    folder = {m.name: ("degraded" if m.kind == "source" else m.name) for m in methods}
+    folder = {m.name: ("degraded" if not m.restores else m.name) for m in methods}
 
     # network metrics: what is usable here, and why not
     reasons = M.available_network_metrics()
@@ -256,12 +257,12 @@ def aggregate(
     if ncols > 0:
         from odedit.imageio import make_grid, save_png_atomic
 
-        rows_img = [sets[m.name][:ncols] for m in methods if m.kind != "source"]
+        rows_img = [sets[m.name][:ncols] for m in methods if m.restores]
         tiles = np.concatenate([_load_set(lay, "degraded", keys[:ncols]), *rows_img, clean[:ncols]])
-        grid_rows = ["degraded", *[m.name for m in methods if m.kind != "source"], "clean"]
+        grid_rows = ["degraded", *[m.name for m in methods if m.restores], "clean"]
         grid = make_grid(tiles, ncols=ncols)
         save_png_atomic(lay.out / GRID_FILE, _label_rows(grid, grid_rows, tiles.shape[1]))
-    grid_rows = ["degraded", *[m.name for m in methods if m.kind != "source"], "clean"]
+    grid_rows = ["degraded", *[m.name for m in methods if m.restores], "clean"]
 
     # summary
     summary = {"methods": {}, "unavailable": {k: v for k, v in reasons.items() if v}, "grid_rows": grid_rows,
@@ -339,7 +340,7 @@ def _summary_markdown(methods, keys, recs, deg_recs, lpips_vals, swd_vals, fid_v
                          f"{PSNR_CAP:g} dB in the mean).")
         ps = _capped(ps)
         label = m.name + (" †" if m.oracle else "")
-        sec_txt = "-" if m.kind == "source" else f"{secs:.3g}"
+        sec_txt = "-" if not m.restores else f"{secs:.3g}"
         L.append(f"| {label} | {_mean_se(ps, 2)} | {_mean_se(ss, 3)} | {lp} | {_fmt(swd_vals[m.name]['mean'], 2)} "
                  f"| {fid} | {m.nfe} | {sec_txt} |")
         if m.oracle:

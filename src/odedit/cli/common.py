@@ -9,7 +9,7 @@ import math
 import signal
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 
 class CLIError(Exception):
@@ -52,6 +52,55 @@ def ranged(kind: Callable[[str], Any], lo=None, hi=None, lo_open=False, hi_open=
 
     parse.__name__ = kind.__name__
     return parse
+
+
+class LazyChoices:
+    """argparse ``choices`` read from a library table on first use (a membership check, the help
+    or an error message), so that building the parsers imports no torch. Parsing a flag that
+    has such choices, or printing the subcommand's help, imports the table's module. Give the
+    argument a ``metavar`` (argparse lists the choices of one without it as soon as it is added)
+    and ``%(choices)s`` in its help."""
+
+    def __init__(self, load: Callable[[], Iterable[str]]):
+        self._load = load
+        self._names: tuple[str, ...] | None = None
+
+    def names(self) -> tuple[str, ...]:
+        if self._names is None:
+            self._names = tuple(self._load())
+        return self._names
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+
+def _solver_names() -> Iterable[str]:
+    from odedit.solvers import SOLVERS
+
+    return SOLVERS
+
+
+def _method_names() -> Iterable[str]:
+    from odedit.restorers import METHODS
+
+    return METHODS
+
+
+def _preset_names() -> Iterable[str]:
+    from odedit.restorers import PRESETS
+
+    return PRESETS
+
+
+SOLVER_CHOICES = LazyChoices(_solver_names)  # odedit.solvers.SOLVERS
+METHOD_CHOICES = LazyChoices(_method_names)  # odedit.restorers.METHODS
+PRESET_CHOICES = LazyChoices(_preset_names)  # odedit.restorers.PRESETS
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -117,10 +166,11 @@ def add_odedit_override_args(group) -> None:
     )
     group.add_argument(
         "--solver",
-        choices=("ddim", "dpm++2m"),
+        choices=SOLVER_CHOICES,
         default=None,
-        help="ODE solver of inversion and decoding: ddim (eq. 8, the paper's; default) or dpm++2m "
-        "(DPM-Solver++(2M), second order, same model calls per step)",
+        metavar="SOLVER",
+        help="ODE solver of inversion and decoding: %(choices)s; ddim (eq. 8, the paper's) is the default, "
+        "dpm++2m is DPM-Solver++(2M) (second order, same model calls per step)",
     )
     group.add_argument(
         "--inversion-iters",
@@ -147,8 +197,8 @@ def add_compile_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="run the network through torch.compile: ~1.14x faster per call on a CPU (measured), "
-        "after a one-off compile of ~15 s; worth it for batches (~30+ faces), not for one image",
+        help="run the network through torch.compile: 1.13x faster on a CPU (measured, docs/performance.md), "
+        "after a one-off compile of ~11-15 s; worth it for batches (~30+ faces), not for one image",
     )
 
 

@@ -17,6 +17,8 @@ from odedit.cli.common import (
     MAX_BATCH_SIZE,
     MAX_FACES,
     MAX_STEPS,
+    METHOD_CHOICES,
+    PRESET_CHOICES,
     CLIError,
     add_compile_arg,
     add_device_args,
@@ -69,7 +71,8 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output folder")
-    p.add_argument("--method", choices=("odedit", "sdedit"), default="odedit", help="default: odedit")
+    p.add_argument("--method", choices=METHOD_CHOICES, default="odedit", metavar="METHOD",
+                   help="%(choices)s (default: %(default)s)")
     p.add_argument(
         "--model",
         default=None,
@@ -79,9 +82,10 @@ def add_parser(subparsers) -> None:
     g = p.add_argument_group("ODEdit settings (defaults: paper section 4.1, except the step size)")
     g.add_argument(
         "--preset",
-        choices=("light", "medium", "heavy", "fast"),
-        default="light",
-        help="light/medium/heavy: the paper's grid and levels with 100/200/300 Langevin updates in total "
+        choices=PRESET_CHOICES,
+        default=None,
+        metavar="PRESET",
+        help="%(choices)s. light/medium/heavy: the paper's grid and levels with 100/200/300 Langevin updates in total "
         "(300/400/500 model calls); fast: DPM-Solver++(2M), 20 steps, 40 updates (80 model calls; as good "
         "as light on 20 DPM++ steps, docs/performance.md); medium removes more noise and mask lines and smooths more; "
         "flags below override single settings (default: light)",
@@ -149,11 +153,11 @@ def add_parser(subparsers) -> None:
 
 def build_config(args: argparse.Namespace):
     """The frozen restorer config described by the flags (ValueError if inconsistent)."""
-    from odedit.restorers import ODEditConfig, SDEditConfig
+    from odedit.restorers import METHODS, ODEditConfig, SDEditConfig
 
-    if args.method == "odedit":
-        return ODEditConfig.from_preset(
-            args.preset,
+    options = {  # each config type's flags (None = the preset's or the default)
+        ODEditConfig: dict(
+            preset=args.preset,
             steps=args.steps,
             levels=args.levels,
             langevin_steps=args.langevin_steps,
@@ -164,8 +168,11 @@ def build_config(args: argparse.Namespace):
             decode_threshold=args.decode_threshold,
             solver=args.solver,
             inversion_iters=args.inversion_iters,
-        )
-    return SDEditConfig(steps=args.steps or 100, strength=args.strength, eta=args.eta)
+        ),
+        SDEditConfig: dict(steps=args.steps, strength=args.strength, eta=args.eta),
+    }
+    config_type = METHODS[args.method]
+    return config_type.from_options(**options[config_type])
 
 
 def image_seed(base_seed: int, name: str) -> int:
@@ -309,7 +316,7 @@ def _run(args: argparse.Namespace) -> int:
     from odedit.provenance import code_identity
     from odedit.detect import too_small_for_detection
     from odedit.faces import finish_photo, plan_photo, uses_detection
-    from odedit.restorers import ODEdit, SDEdit
+    from odedit.restorers import Restorer
 
     # 1. Validate everything cheap before loading the model.
     try:
@@ -366,7 +373,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CLIError(str(err)) from None
     if args.compile:
         model = compile_model(model)
-    restorer = (ODEdit if args.method == "odedit" else SDEdit)(model, config)
+    restorer = Restorer(model, config)  # the config's type picks the algorithm
     size = model.sample_size
 
     # 2. Sidecar: settings of this run + per-image seeds, merged with earlier runs' entries.

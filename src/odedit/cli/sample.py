@@ -7,7 +7,15 @@ import sys
 import time
 from pathlib import Path
 
-from odedit.cli.common import CLIError, add_compile_arg, add_device_args, ranged, resolve_device, torch_dtype
+from odedit.cli.common import (
+    SOLVER_CHOICES,
+    CLIError,
+    add_compile_arg,
+    add_device_args,
+    ranged,
+    resolve_device,
+    torch_dtype,
+)
 
 DESCRIPTION = """\
 Draw samples from a diffusion model: x_T ~ N(0, I), then the deterministic DDIM ODE
@@ -35,7 +43,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps", type=ranged(int, 1, 1000), default=100, help="DDIM steps, 1-1000 (default 100)")
     p.add_argument("--seed", type=ranged(int, 0), default=0, help="seed of the first sample (default 0)")
     p.add_argument(
-        "--solver", choices=("ddim", "dpm++2m"), default="ddim", help="ODE solver (default ddim; dpm++2m: DPM-Solver++(2M))"
+        "--solver", choices=SOLVER_CHOICES, default="ddim", metavar="SOLVER",
+        help="ODE solver: %(choices)s (default %(default)s; dpm++2m: DPM-Solver++(2M))"
     )
     p.add_argument("--batch-size", type=ranged(int, 1, 4096), default=16, help="samples per model call, 1-4096 (default 16)")
     p.add_argument("--ncols", type=ranged(int, 1), default=None, help="grid columns (default: near-square)")
