@@ -77,7 +77,7 @@ def resolve_gaussian_base(
             say(f"note: --gaussian-rank {rank} ignored: the weights carry a rank-{weights_base.rank} base")
         base = weights_base
     elif rank:
-        base = _fit(cfg, dataset, int(rank), say)
+        base = _fit(cfg, dataset, int(rank), say).as_stored()  # as a resumed run will load it
         zero_output_layer(unet)
     else:
         return None
