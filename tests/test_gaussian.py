@@ -170,3 +170,21 @@ def test_stored_precision_round_trips_bit_for_bit(tmp_path):
     # fp16 rounding leaves the basis orthonormal to ~1e-3 at this D (1e-5 at the faces' 12,288).
     eye = torch.eye(5, dtype=torch.float64)
     assert float((c.basis.double().T @ c.basis.double() - eye).abs().max()) < 2e-3
+
+
+def test_ship_script_carries_the_base(tmp_path):
+    """scripts/ship_default_model.py installs a residual prior with its Gaussian (else it would
+    ship a bare residual network that loads as a plain eps model)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from odedit.models import GaussianResidualEps, load_model
+
+    _, resid = _tiny_folder(tmp_path, _random_ppca(5).as_stored())
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ship_default_model.py"
+    r = subprocess.run([sys.executable, str(script), str(resid), "--dest", str(tmp_path / "shipped")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m = load_model(tmp_path / "shipped")
+    assert isinstance(m, GaussianResidualEps) and m.base.rank == 5
