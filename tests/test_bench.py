@@ -30,10 +30,12 @@ FAST = ["--steps", "6", "--presets", "light", "--langevin-steps", "2", "--device
 ODEDIT = "odedit-light-steps6-k2-eps1e-05"  # 2 * 6 + 4 levels * 2 = 20 model calls; eps: the default, not the paper's
 SDEDIT = "sdedit-0.5-steps6"
 UNAVAILABLE = {"lpips": "disabled in the tests (no weights)", "fid": "disabled in the tests (no weights)"}
+ID_UNAVAILABLE = "disabled in the tests (see test_identity_column_when_the_extra_is_installed)"
 
 
 def _no_network_metrics(mp) -> None:
     mp.setattr(M, "available_network_metrics", lambda: dict(UNAVAILABLE))
+    mp.setattr(M, "identity_unavailable", lambda: ID_UNAVAILABLE)  # the optional dlib identity metric
 
 
 @pytest.fixture(autouse=True)
@@ -207,8 +209,52 @@ def test_summary_table_with_na_reasons(full_run):
         assert "±" in cells[1] and "±" in cells[2]  # mean ± stderr
     assert f"LPIPS n/a: {UNAVAILABLE['lpips']}" in text
     assert f"FID n/a: {UNAVAILABLE['fid']}" in text
+    assert f"ID (identity similarity) not measured: {ID_UNAVAILABLE}" in text  # a note, no column
+    assert "ID ↑" not in text
+    assert "identity" not in {r["metric"] for r in read_results(full_run["out"])}
+    assert full_run["stats"].summary["unavailable"]["identity"] == ID_UNAVAILABLE
     assert "## Per corruption: PSNR" in text and "## Per corruption: SSIM" in text
     assert "the clean images of this benchmark" in text  # which reference was used
+
+
+def test_identity_column_when_the_extra_is_installed(tmp_path, monkeypatch, faces, tiny_model):
+    """With dlib and face-recognition-models installed, the table gains an ID column (mean
+    cosine similarity of dlib descriptors to the clean face), results.csv an identity row per
+    image and method, and a per-corruption ID table; values are cached by content."""
+    pytest.importorskip("dlib")
+    from odedit.metrics import identity
+
+    if identity.identity_unavailable():
+        pytest.skip(identity.identity_unavailable())
+    monkeypatch.setattr(M, "identity_unavailable", identity.identity_unavailable)
+    out = tmp_path / "out"
+    argv = ["--data", str(faces["folder"]), "--model", str(tiny_model), "-o", str(out), "--methods", "source,sdedit",
+            "--strengths", "0.5", *FAST]
+    stats = run_bench(argv, monkeypatch)
+    text = (out / "summary.md").read_text()
+    assert "| method | PSNR ↑ | SSIM ↑ | LPIPS ↓ | ID ↑ | SWD ↓ | FID ↓ | NFE / image | s / image |" in text
+    assert "not measured" not in text and "## Per corruption: ID ↑" in text
+    rows = [r for r in read_results(out) if r["metric"] == "identity"]
+    assert len(rows) == 2 * N_IMAGES
+    for name in ("source", SDEDIT):
+        vals = [float(r["value"]) for r in rows if r["method"] == name]
+        assert all(-1 <= v <= 1 for v in vals)
+        mean, _ = stats.summary["methods"][name]["identity"]
+        assert mean == pytest.approx(np.mean(vals))
+        line = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+        assert f"{mean:.3f} ±" in line.split("|")[5]
+    # the source's value is the metric itself on the saved images
+    keys = sorted(p.stem for p in faces["folder"].iterdir())
+    clean = np.stack([load_image_uint8(out / "images" / "clean" / f"{k}.png") for k in keys])
+    deg = np.stack([load_image_uint8(out / "images" / "degraded" / f"{k}.png") for k in keys])
+    np.testing.assert_allclose([float(r["value"]) for r in rows if r["method"] == "source"],
+                               identity.identity_similarity(deg, clean), rtol=0, atol=1e-15)
+    # a rerun (tables only) reads the cached values and computes nothing
+    assert len(list((out / "records" / "_identity").glob("*.json"))) == 2
+    monkeypatch.setattr(M, "identity_scores", lambda *a, **k: pytest.fail("recomputed a cached set"))
+    before = read_results(out)
+    run_bench(argv, monkeypatch)
+    assert read_results(out) == before
 
 
 def test_grid_has_one_row_per_method_plus_degraded_and_clean(full_run):

@@ -8,7 +8,7 @@ Protocol (one run)::
     clean        --one random corruption at severity, seeded by (seed, file name)-->  degraded
                  (the same image `odedit corrupt --corruption random --seed` makes)
     degraded     --each method (source = the degraded image itself)-->  restored (uint8 PNG)
-    per image:   PSNR, SSIM (and LPIPS if available) of restored vs clean
+    per image:   PSNR, SSIM (and LPIPS, identity similarity if available) of restored vs clean
     per set:     SWD (and FID if available) of the restored set vs a reference set
 
 Everything a method produces is written under the output folder as it goes, so a run

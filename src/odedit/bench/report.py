@@ -2,7 +2,9 @@
 restored image against its clean image, on the saved uint8 images) and :func:`aggregate`,
 which reads the per-image records of a finished run, adds the set-level realism metrics
 (SWD against the reference set, cached by content under ``records/_swd``; LPIPS and FID
-when their networks are available) and writes ``results.csv``, ``summary.md``,
+when their networks are available), the identity similarity to the clean face when the
+extra ``odedit[identity]`` is installed (cached by content under ``records/_identity``) and
+writes ``results.csv``, ``summary.md``,
 ``grid.png`` and the degraded set's ``manifest.csv``. It reads and writes through
 :mod:`odedit.bench.records` and describes methods with :mod:`odedit.bench.methods`.
 """
@@ -43,6 +45,11 @@ SWD_CACHE_DIR = "_swd"  # records/_swd/<hash>.json: SWD values by content (see a
 SWD_CACHE_VERSION = 1  # bump when the SWD computation changes
 # SWD settings (Karras et al. 2018 defaults)
 SWD_SETTINGS = {"descriptors_per_image": 128, "patch_size": 7, "dirs": 128, "repeats": 4, "min_resolution": 16}
+IDENTITY_CACHE_DIR = "_identity"  # records/_identity/<hash>.json: identity values by content
+IDENTITY_CACHE_VERSION = 1  # bump when the identity computation changes
+# identity settings (odedit.metrics.identity): upscaling, which image's landmarks place the chips
+IDENTITY_SETTINGS = {"size": None, "landmarks": "clean"}
+IDENTITY_MAX_WORKERS = 16  # worker processes for the identity descriptors of large sets
 
 
 # ---- per-image fidelity ----------------------------------------------------------------------
@@ -191,6 +198,26 @@ def aggregate(
         _write_json(cache, {"set": name, "swd": value})
         return value
 
+    # identity similarity to the clean face (optional extra odedit[identity]), cached by content
+    id_reason = M.identity_unavailable()
+    id_vals: dict[str, list[float]] = {}
+    clean_digest = _identity_digest(clean) if id_reason is None else ""
+    clean_desc = None  # the clean images' descriptors, made only when some set is not cached
+
+    def identity_of(name: str, images: np.ndarray) -> list[float]:
+        nonlocal clean_desc
+        cache = lay.out / "records" / IDENTITY_CACHE_DIR / f"{_identity_digest(images, clean_digest)}.json"
+        if cache.is_file():
+            return _read_json(cache)["cosine"]
+        workers = min(_cpus(), IDENTITY_MAX_WORKERS)
+        if clean_desc is None:
+            clean_desc = M.identity_descriptors(clean, size=IDENTITY_SETTINGS["size"], workers=workers)
+        value = M.identity_scores(images, clean, clean_descriptors=clean_desc, workers=workers,
+                                  **IDENTITY_SETTINGS).cosine.tolist()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(cache, {"set": name, "cosine": value})
+        return value
+
     ref_fid = None
     if reasons["fid"] is None:
         try:
@@ -211,6 +238,12 @@ def aggregate(
             except M.MetricUnavailable as err:
                 reasons["lpips"] = err.reason
                 lpips_vals.clear()
+        if id_reason is None:
+            try:
+                id_vals[m.name] = identity_of(m.name, imgs)
+            except M.MetricUnavailable as err:
+                id_reason = err.reason
+                id_vals.clear()
         if reasons["fid"] is None:
             try:
                 fid_vals[m.name] = M.fid(_unit(imgs).float(), ref_fid, device, allow_download=allow_download)
@@ -234,6 +267,8 @@ def aggregate(
             w.writerow([k, corr, m.name, "ssim", _num(r["ssim"])])
             if m.name in lpips_vals:
                 w.writerow([k, corr, m.name, "lpips", _num(lpips_vals[m.name][i])])
+            if m.name in id_vals:
+                w.writerow([k, corr, m.name, "identity", _num(id_vals[m.name][i])])
             w.writerow([k, corr, m.name, "nfe", str(int(r["nfe"]))])
             w.writerow([k, corr, m.name, "seconds", _num(r["seconds"])])
         sw = swd_vals[m.name]
@@ -265,8 +300,10 @@ def aggregate(
     grid_rows = ["degraded", *[m.name for m in methods if m.restores], "clean"]
 
     # summary
-    summary = {"methods": {}, "unavailable": {k: v for k, v in reasons.items() if v}, "grid_rows": grid_rows,
-               "n": len(keys), "floor": floor}
+    unavailable = {k: v for k, v in reasons.items() if v}
+    if id_reason:
+        unavailable["identity"] = id_reason
+    summary = {"methods": {}, "unavailable": unavailable, "grid_rows": grid_rows, "n": len(keys), "floor": floor}
     for m in methods:
         ps = [recs[m.name][k]["psnr"] for k in keys]
         ss = [recs[m.name][k]["ssim"] for k in keys]
@@ -275,11 +312,46 @@ def aggregate(
                  "swd": swd_vals[m.name]["mean"], "nfe": m.nfe, "seconds": float(np.mean(secs)),
                  "lpips": M.mean_and_stderr(lpips_vals[m.name]) if m.name in lpips_vals else None,
                  "fid": fid_vals.get(m.name)}
+        if m.name in id_vals:
+            entry["identity"] = _finite_mean_se(id_vals[m.name])
+            entry["identity_failed"] = _n_nan(id_vals[m.name])
         summary["methods"][m.name] = entry
     text = _summary_markdown(methods, keys, recs, deg_recs, lpips_vals, swd_vals, fid_vals, reasons, floor,
-                             grid_rows, ncols, ref_is_clean, reference_label, header or {}, len(ref))
+                             grid_rows, ncols, ref_is_clean, reference_label, header or {}, len(ref),
+                             id_vals, id_reason)
     _atomic_write_text(lay.out / SUMMARY_FILE, text)
     return summary
+
+
+def _cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def _n_nan(values: list[float]) -> int:
+    return sum(1 for v in values if not math.isfinite(float(v)))
+
+
+def _finite_mean_se(values: list[float]):
+    """mean_and_stderr of the finite values (None if there are none): identity pairs dlib
+    could not measure are NaN, counted separately (:func:`_n_nan`) and said in the summary."""
+    from odedit.metrics import mean_and_stderr
+
+    ok = [float(v) for v in values if math.isfinite(float(v))]
+    return mean_and_stderr(ok) if ok else None
+
+
+def _identity_digest(images: np.ndarray, clean_digest: str = "") -> str:
+    """Hash of what a set's identity values depend on: its bytes, the settings and (``clean_digest``,
+    this function's value for the clean set) the clean images it is compared with."""
+    h = hashlib.sha256(json.dumps({"v": IDENTITY_CACHE_VERSION, "identity": IDENTITY_SETTINGS, "clean": clean_digest},
+                                  sort_keys=True).encode())
+    h.update(repr((images.shape, str(images.dtype))).encode())
+    h.update(np.ascontiguousarray(images).tobytes())
+    return h.hexdigest()[:40]
 
 
 def _blank(v) -> str:
@@ -317,7 +389,10 @@ def _desc_kw() -> dict:
 
 
 def _summary_markdown(methods, keys, recs, deg_recs, lpips_vals, swd_vals, fid_vals, reasons, floor,
-                      grid_rows, ncols, ref_is_clean, reference_label, header, n_ref) -> str:
+                      grid_rows, ncols, ref_is_clean, reference_label, header, n_ref, id_vals=None,
+                      id_reason=None) -> str:
+    id_vals = id_vals or {}
+    with_id = bool(id_vals)
     n = len(keys)
     L = [f"# odedit bench: {n} images", ""]
     for k, v in header.items():
@@ -325,8 +400,9 @@ def _summary_markdown(methods, keys, recs, deg_recs, lpips_vals, swd_vals, fid_v
     L.append(f"- realism reference: {'the clean images of this benchmark' if ref_is_clean else reference_label}"
              f" ({n_ref} images)")
     L += ["", "## Results", "",
-          "| method | PSNR ↑ | SSIM ↑ | LPIPS ↓ | SWD ↓ | FID ↓ | NFE / image | s / image |",
-          "|---|---|---|---|---|---|---|---|"]
+          "| method | PSNR ↑ | SSIM ↑ | LPIPS ↓ |" + (" ID ↑ |" if with_id else "")
+          + " SWD ↓ | FID ↓ | NFE / image | s / image |",
+          "|---|---|---|---|" + ("---|" if with_id else "") + "---|---|---|---|"]
     notes = []
     for m in methods:
         ps = [recs[m.name][k]["psnr"] for k in keys]
@@ -341,24 +417,41 @@ def _summary_markdown(methods, keys, recs, deg_recs, lpips_vals, swd_vals, fid_v
         ps = _capped(ps)
         label = m.name + (" †" if m.oracle else "")
         sec_txt = "-" if not m.restores else f"{secs:.3g}"
-        L.append(f"| {label} | {_mean_se(ps, 2)} | {_mean_se(ss, 3)} | {lp} | {_fmt(swd_vals[m.name]['mean'], 2)} "
+        idc = ""
+        if with_id:
+            ids = [float(v) for v in id_vals.get(m.name, []) if math.isfinite(float(v))]
+            idc = f" {_mean_se(ids, 3)} |"
+            n_nan = _n_nan(id_vals.get(m.name, []))
+            if n_nan:
+                notes.append(f"{m.name}: dlib could not measure the identity of {n_nan} image(s) (NaN in "
+                             "results.csv, left out of the ID mean).")
+        L.append(f"| {label} | {_mean_se(ps, 2)} | {_mean_se(ss, 3)} | {lp} |{idc} {_fmt(swd_vals[m.name]['mean'], 2)} "
                  f"| {fid} | {m.nfe} | {sec_txt} |")
         if m.oracle:
             notes.append(f"† {m.name}: oracle: best PSNR of {m.best_of} against the clean image (uses the ground "
                          "truth; not a blind restoration result).")
     if floor:
         fid_floor = _fmt(floor["fid"], 2) if "fid" in floor else "n/a"
-        L.append(f"| clean (floor) | - | - | - | {_fmt(floor['swd'], 2)} | {fid_floor} | - | - |")
+        L.append(f"| clean (floor) | - | - | - |{' - |' if with_id else ''} {_fmt(floor['swd'], 2)} | {fid_floor} "
+                 "| - | - |")
     L += ["", f"PSNR (dB), SSIM and LPIPS: mean ± standard error over the {n} images, each restored image against "
           "its clean image (float64, data range 1 on [0, 1] images; SSIM with the 11x11 Gaussian window, "
           "sigma 1.5). SWD (sliced Wasserstein distance on 7x7 Laplacian-pyramid patches, x 1e3, averaged over "
           "the pyramid levels) and FID: one number per restored set against the realism reference set. NFE: "
           "model calls per image. Seconds per image: wall time of the batch / images in it "
           "(depends on device and batch size). One sample per image unless marked as an oracle."]
+    if with_id:
+        L += ["", "ID: identity similarity, the cosine similarity of dlib's face-recognition descriptors (128-D "
+              "ResNet) of each restored image and its clean image at the benchmark's resolution, both chips "
+              "placed by the clean image's 5 dlib landmarks; mean ± standard error (1 = same descriptor "
+              "direction; dlib's network, so not comparable with ArcFace IDS values; it drops strongly under "
+              "pixel noise; see docs/benchmark.md, Identity)."]
     for metric in ("lpips", "fid"):
         if reasons.get(metric):
             L.append("")
             L.append(f"{metric.upper()} n/a: {reasons[metric]}")
+    if id_reason:
+        L += ["", f"ID (identity similarity) not measured: {id_reason}"]
     if notes:
         L += [""] + notes
     L += ["", "## Methods", "", "| method | settings | NFE | notes |", "|---|---|---|---|"]
@@ -374,10 +467,23 @@ def _summary_markdown(methods, keys, recs, deg_recs, lpips_vals, swd_vals, fid_v
             ks = [k for k in keys if deg_recs[k]["corruption"] == c]
             cells = [_fmt(float(np.mean(_capped([recs[m.name][k][metric] for k in ks]))), digits) for m in methods]
             L.append(f"| {c} | {len(ks)} | " + " | ".join(cells) + " |")
+    if with_id:
+        L += ["", "## Per corruption: ID ↑, mean over images", "",
+              "| corruption | n | " + " | ".join(m.name for m in methods) + " |",
+              "|---|---|" + "---|" * len(methods)]
+        pos = {k: i for i, k in enumerate(keys)}
+        for c in corrs:
+            ks = [k for k in keys if deg_recs[k]["corruption"] == c]
+            cells = []
+            for m in methods:
+                vals = [float(id_vals[m.name][pos[k]]) for k in ks if math.isfinite(float(id_vals[m.name][pos[k]]))]
+                cells.append(_fmt(float(np.mean(vals)), 3) if vals else "n/a")
+            L.append(f"| {c} | {len(ks)} | " + " | ".join(cells) + " |")
     L += ["", "## Files", "",
           f"- `grid.png`: rows {', '.join(grid_rows)} (top to bottom); columns: the first {ncols} images "
           f"({', '.join(keys[:ncols])})",
-          "- `results.csv`: one row per image, method and metric (psnr, ssim, lpips, nfe, seconds); "
+          "- `results.csv`: one row per image, method and metric (psnr, ssim, lpips, "
+          + ("identity, " if with_id else "") + "nfe, seconds); "
           f"set-level rows (swd, swd_<resolution>, fid) have image and corruption `{SET_ROW}`",
           "- `images/<method>/`, `images/degraded/` (+ `manifest.csv`), `images/clean/`: the images measured",
           "- `bench.json`: settings, methods, seeds, model, commands and wall times", ""]

@@ -27,8 +27,8 @@ name (or the degraded images come from a `odedit corrupt` folder: --manifest). E
 method restores every degraded image; `source` is the degraded image itself.
 
 Metrics: PSNR, SSIM (and LPIPS with the optional extra odedit[metrics] and its
-weights) of each restored image against its clean image; SWD (and FID) of each
-restored set against a reference set (--reference, default: the clean images of the
+weights; ID, the identity similarity, with the extra odedit[identity]) of each restored
+image against its clean image; SWD (and FID) of each restored set against a reference set (--reference, default: the clean images of the
 benchmark). Outputs in -o DIR: results.csv, summary.md, grid.png, bench.json and the
 images. A rerun with the same settings resumes (finished images are skipped); other
 settings in the same DIR are an error unless --overwrite. Several GPUs:
@@ -257,7 +257,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         for name, e in stats.summary["methods"].items():
-            print(f"  {name:<32} PSNR {e['psnr'][0]:7.2f}  SSIM {e['ssim'][0]:.3f}  SWD {e['swd']:7.2f}  "
+            ident = f"ID {e['identity'][0]:.3f}  " if e.get("identity") else ""
+            print(f"  {name:<32} PSNR {e['psnr'][0]:7.2f}  SSIM {e['ssim'][0]:.3f}  {ident}SWD {e['swd']:7.2f}  "
                   f"NFE {e['nfe']}", file=sys.stderr)
     return 0
 

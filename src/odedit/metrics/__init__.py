@@ -21,6 +21,12 @@ torchvision) and their pretrained weights. They import lazily and raise
 :class:`MetricUnavailable` with a reason instead of crashing; by default they never
 download anything (``allow_download=False``). :func:`available_network_metrics` says
 what is usable without downloading.
+
+The identity metric (:func:`identity_similarity`: cosine similarity of dlib
+face-recognition descriptors of a restored face and its clean face, also the Euclidean
+distance and the angle, :func:`identity_scores`) needs the optional extra
+``odedit[identity]`` (``dlib-bin``, ``face-recognition-models``); it imports dlib lazily,
+and :func:`identity_unavailable` says why it cannot run (module ``identity``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,16 @@ from .distribution import (
     sliced_wasserstein,
     swd,
     swd_from_descriptors,
+)
+from .identity import (
+    IdentityModel,
+    IdentityScores,
+    identity_descriptors,
+    identity_distance,
+    identity_scores,
+    identity_similarity,
+    identity_unavailable,
+    load_identity_model,
 )
 from .network import MetricUnavailable, available_network_metrics, fid, fid_features, lpips_distance
 from .pixel import psnr, ssim
@@ -55,6 +71,14 @@ __all__ = [
     "lpips_distance",
     "fid_features",
     "fid",
+    "IdentityModel",
+    "IdentityScores",
+    "identity_unavailable",
+    "load_identity_model",
+    "identity_descriptors",
+    "identity_scores",
+    "identity_similarity",
+    "identity_distance",
     "mean_and_stderr",
 ]
 
