@@ -312,7 +312,7 @@ def test_paste_faces_tops_up_a_fixed_factor_upsampler_with_lanczos(monkeypatch):
     assert f > 4
     seen = []
     real = A.paste_back
-    monkeypatch.setattr("odedit.faces.align.paste_back", lambda p, f, m, s, mask=None: seen.append(f.shape) or real(p, f, m, s))
+    monkeypatch.setattr("odedit.faces.align.paste_back", lambda p, f, m, s, **kw: seen.append(f.shape) or real(p, f, m, s, **kw))
     pipe = FakeUpscalePipeline()
     out, factors = paste_faces(photo, [face], [np.full((16, 16, 3), 200, np.uint8)], DiffusersUpsampler(pipe))
     assert factors == [f] and len(pipe.calls) == 1 and seen == [(16 * f, 16 * f, 3)]

@@ -23,7 +23,7 @@ import json
 import math
 from dataclasses import dataclass
 from importlib import resources
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -229,6 +229,7 @@ def paste_back(
     m: np.ndarray,
     frame_size: int,
     mask: Optional[np.ndarray] = None,
+    refine: Optional[Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = None,
 ) -> np.ndarray:
     """Blend a restored face frame back into the photo; returns a new uint8 photo.
 
@@ -238,6 +239,9 @@ def paste_back(
             ``frame_size`` or an upscaled version of it).
         m: 2x3 photo -> model frame (``frame_size`` pixels) matrix used to cut the face.
         mask: (r, r) float in [0, 1] in face coordinates; default :func:`feather_mask`.
+        refine: ``refine(face_region, photo_region, alpha) -> face_region``, applied to the face
+            once it is warped into photo space, before blending (float32 (h, w, 3) 0..255 regions
+            of the frame's bounding box, alpha (h, w)): e.g. :func:`odedit.fidelity.keep_input_detail`.
     Pixels where the warped mask is 0 (everything outside the face frame) are returned
     bit-identical to ``photo``.
     """
@@ -267,7 +271,10 @@ def paste_back(
     warped = warp_affine(stacked, face_to_box, (x1 - x0, y1 - y0), mode="bilinear", padding="zeros")
     alpha = np.clip(warped[..., 3:], 0.0, 1.0)
     region = out[y0:y1, x0:x1].astype(np.float32)
-    blended = region + alpha * (warped[..., :3] - region)
+    face_region = warped[..., :3]
+    if refine is not None:
+        face_region = refine(face_region, region, alpha[..., 0])
+    blended = region + alpha * (face_region - region)
     out[y0:y1, x0:x1] = np.clip(np.round(blended), 0, 255).astype(np.uint8)
     return out
 

@@ -11,7 +11,11 @@ Output contract: :class:`Detection` with pixel coordinates in the photo (see
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from typing import Optional
@@ -126,7 +130,9 @@ class FaceDetector:
         self.min_score = float(min_score)
         mp = _import_mediapipe()
         fd = mp.solutions.face_detection
-        self._models = [fd.FaceDetection(model_selection=sel, min_detection_confidence=self.min_score) for sel in (0, 1)]
+        with quiet_native_stderr():
+            self._models = [fd.FaceDetection(model_selection=sel, min_detection_confidence=self.min_score) for sel in (0, 1)]
+            warm_up(self._models)
 
     def detect(self, image: np.ndarray, max_faces: Optional[int] = None) -> list[Detection]:
         """Faces in an (H, W, 3) uint8 RGB photo, best score first, at most ``max_faces``.
@@ -160,7 +166,8 @@ class FaceDetector:
         h, w = image.shape[:2]
         found: list[Detection] = []
         for model in self._models:
-            result = model.process(image)
+            with quiet_native_stderr():
+                result = model.process(image)
             for det in result.detections or []:
                 loc = det.location_data
                 bb = loc.relative_bounding_box
@@ -181,6 +188,63 @@ class FaceDetector:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# mediapipe's native start-up chatter on stderr (fd 2), written by its C++ code and graph
+# threads while a graph opens (on the first ``process``): TFLite's "INFO: Created TensorFlow
+# Lite XNNPACK delegate for CPU.", absl's "WARNING: All log messages before
+# absl::InitializeLog() is called are written to STDERR" and absl INFO/WARNING lines such as
+# "W0000 ... inference_feedback_manager.cc:114] Feedback manager requires a model with a single
+# signature inference...". GLOG_minloglevel / TF_CPP_MIN_LOG_LEVEL do not reach them (0.10.14
+# logs through absl before absl::InitializeLog), so :func:`quiet_native_stderr` filters them.
+NATIVE_NOISE = re.compile(
+    r"^(INFO: Created TensorFlow Lite .*delegate"
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IW]\d{4} [\d:.]+ +\d+ [^ \]]+:\d+\] )"
+)
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Drop mediapipe's start-up chatter (:data:`NATIVE_NOISE`) from what native code writes to
+    stderr inside the block; every other line (absl errors ``E...``/``F...``, Python warnings)
+    is written to ``sys.stderr`` afterwards, also when the block raises. fd 2 goes to a
+    temporary file for the block's duration and is always restored."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable fd 2: nothing to filter
+        yield
+        return
+    try:
+        tmp = tempfile.TemporaryFile()
+    except OSError:
+        os.close(saved)
+        yield
+        return
+    try:
+        os.dup2(tmp.fileno(), 2)
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()  # Python's own writes inside the block: into the file, in order
+        os.dup2(saved, 2)
+        os.close(saved)
+        tmp.seek(0)
+        text = tmp.read().decode("utf-8", errors="replace")
+        tmp.close()
+        kept = [line for line in text.splitlines(keepends=True) if not NATIVE_NOISE.match(line)]
+        if kept:
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
+
+
+def warm_up(graphs) -> None:
+    """Run each mediapipe solution once on a blank image: its graph threads open the models
+    (and log) now, inside the caller's :func:`quiet_native_stderr`, not later at random."""
+    blank = np.full((128, 128, 3), 128, np.uint8)
+    for graph in graphs:
+        graph.process(blank)
 
 
 def _import_mediapipe():

@@ -1,8 +1,9 @@
 """Whole photos in, whole photos out: detect -> align -> (restore) -> upsample -> paste back.
 
-The restoring itself is not here: :func:`cut_faces` gives the aligned model-frame crops,
-the caller restores them with any restorer (batched with other photos' faces), and
-:func:`paste_faces` upsamples the restored frames (ODEdit+) and blends them back.
+The restoring itself is not here: :func:`cut_faces` gives the aligned model-frame crops
+(and each face's outline, :mod:`odedit.facemask`), the caller restores them with any restorer
+(batched with other photos' faces), and :func:`paste_faces` upsamples the restored frames
+(ODEdit+) and blends the faces back (only the face, by default).
 
 Shapes: photos (H, W, 3) uint8 RGB; crops and restored frames (size, size, 3) uint8.
 """
@@ -10,16 +11,21 @@ Shapes: photos (H, W, 3) uint8 RGB; crops and restored frames (size, size, 3) ui
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from odedit import align
+from odedit import align, facemask
+from odedit import fidelity as fidelity_mod
 from odedit.detect import MIN_PHOTO_SIDE, Detection, too_small_for_detection
 from odedit.imageio import resize_to
 from odedit.upsample import LanczosUpsampler, Upsampler, needed_factor
 
 FACE_MODES = ("auto", "aligned")
+# What of the restored frame goes back into the photo: "face", the face only (its outline from
+# the face mesh or the keypoint ellipse, :mod:`odedit.facemask`); "frame", the whole frame
+# (hair and background too) with a feathered border (:func:`odedit.align.feather_mask`).
+PASTE_MASKS = ("face", "frame")
 
 
 @dataclass(frozen=True)
@@ -31,12 +37,17 @@ class AlignedFace:
         matrix: 2x3 float64, photo -> model frame (``size`` px).
         crop: (size, size, 3) uint8, the face in the model frame.
         residual: RMS keypoint distance from the template after the fit (canonical px).
+        outline: (K, 2) the face's outline in frame coordinates (:func:`odedit.facemask.face_outline`),
+            or None (then the keypoint ellipse is used when a face mask is asked for).
+        outline_source: ``face_mesh`` | ``keypoint_ellipse`` (None with no outline).
     """
 
     detection: Detection
     matrix: np.ndarray
     crop: np.ndarray
     residual: float
+    outline: Optional[np.ndarray] = None
+    outline_source: Optional[str] = None
 
     @property
     def size(self) -> int:
@@ -62,8 +73,14 @@ def cut_faces(
     detections: Sequence[Detection],
     size: int,
     template: Optional[align.Template] = None,
+    mesh: Optional[facemask.FaceMesh] = None,
+    outlines: bool = True,
 ) -> list[AlignedFace]:
-    """Align each detection to the template and warp it to a ``size`` x ``size`` crop."""
+    """Align each detection to the template and warp it to a ``size`` x ``size`` crop.
+
+    With ``outlines`` each face also gets its outline for the paste-back mask, from ``mesh``
+    (a :class:`odedit.facemask.FaceMesh`) or, without one or when it fails, the keypoint ellipse.
+    """
     template = template or align.load_template()
     faces = []
     for det in detections:
@@ -72,8 +89,32 @@ def cut_faces(
         crop = np.clip(np.round(crop), 0, 255).astype(np.uint8)
         sim = align.compose(align.invert(align.squash_matrix(size)), m)
         residual = align.keypoint_residual(sim, det.keypoints, template.points, template.use)
-        faces.append(AlignedFace(det, m, crop, residual))
+        outline, source = facemask.face_outline(photo, m, size, det.keypoints, mesh) if outlines else (None, None)
+        faces.append(AlignedFace(det, m, crop, residual, outline, source))
     return faces
+
+
+def paste_mask(face: AlignedFace, resolution: int, kind: str = "face") -> tuple[np.ndarray, dict]:
+    """The paste-back mask of ``face`` at ``resolution`` px (face coordinates) and its record.
+
+    ``kind``: ``face`` (:func:`odedit.facemask.face_mask` of the face's outline; the keypoint
+    ellipse when it has none) or ``frame`` (:func:`odedit.align.feather_mask`, the whole frame).
+    The record: ``paste_mask`` (the kind), ``mask_source`` (for ``face``: ``face_mesh`` |
+    ``keypoint_ellipse``) and ``mask_area_fraction`` (the mask's mean: its share of the frame).
+    """
+    if kind not in PASTE_MASKS:
+        raise ValueError(f"paste mask must be one of {PASTE_MASKS}, got {kind!r}")
+    if kind == "frame":
+        mask = align.feather_mask((resolution, resolution))
+        info = {"paste_mask": "frame"}
+    else:
+        outline, source = face.outline, face.outline_source
+        if outline is None:
+            outline, source = facemask.keypoint_ellipse(face.detection.keypoints, face.matrix), "keypoint_ellipse"
+        mask = facemask.face_mask(outline, face.size, resolution)
+        info = {"paste_mask": "face", "mask_source": source}
+    info["mask_area_fraction"] = round(facemask.mask_area_fraction(mask), 4)
+    return mask, info
 
 
 def paste_faces(
@@ -81,25 +122,62 @@ def paste_faces(
     faces: Sequence[AlignedFace],
     restored: Sequence[np.ndarray],
     upsampler: Optional[Upsampler] = None,
+    mask: str = "face",
+    progress: Optional[Callable[[int, int], None]] = None,
+    masks_info: Optional[list] = None,
+    fidelity: float = fidelity_mod.DEFAULT_FIDELITY,
+    match_colour: bool = fidelity_mod.DEFAULT_MATCH_COLOUR,
 ) -> tuple[np.ndarray, list[int]]:
-    """Upsample each restored frame to photo scale and blend it in (feathered mask).
+    """Upsample each restored frame to photo scale and blend it in with a feathered mask.
 
+    Args:
+        mask: ``face`` (default): the face only, hair, background and clothes keep the photo's
+            pixels exactly; ``frame``: the whole frame (see :func:`paste_mask`).
+        fidelity: w in [0, 1], how much of the input's detail finer than the model frame the
+            face keeps where it is signal, not noise (:func:`odedit.fidelity.keep_input_detail`;
+            0 = the upsampled restoration alone). No effect on faces at or below frame size.
+        match_colour: move the pasted face's mean colour to the input's
+            (:func:`odedit.fidelity.match_colour`).
+        progress: ``progress(i, n)`` before face ``i`` of ``n`` is upsampled and pasted.
+        masks_info: when given, each face's mask record (:func:`paste_mask`) is appended.
     Returns the new photo and the upsampling factor asked for each face.
     """
     if len(faces) != len(restored):
         raise ValueError(f"{len(faces)} faces but {len(restored)} restored frames")
+    if mask not in PASTE_MASKS:
+        raise ValueError(f"paste mask must be one of {PASTE_MASKS}, got {mask!r}")
     upsampler = upsampler or LanczosUpsampler()
     out = np.asarray(photo, dtype=np.uint8)
     factors = []
-    for face, frame in zip(faces, restored):
+    for i, (face, frame) in enumerate(zip(faces, restored)):
+        if progress is not None:
+            progress(i, len(faces))
         factor = needed_factor(align.scale_of(face.matrix))
         big = upsampler.upsample([np.asarray(frame, dtype=np.uint8)], factor)[0] if factor > 1 else frame
         want = frame.shape[0] * factor
         if big.shape[0] < want:  # e.g. a fixed x4 model asked for x10: Lanczos for the rest
             big = resize_to(big, want, want)
-        out = align.paste_back(out, big, face.matrix, face.size)
+        alpha, info = paste_mask(face, big.shape[0], mask)
+        refine = _refiner(1.0 / align.scale_of(face.matrix), fidelity, match_colour)
+        out = align.paste_back(out, big, face.matrix, face.size, mask=alpha, refine=refine)
         factors.append(factor)
+        if masks_info is not None:
+            masks_info.append(info)
     return out, factors
+
+
+def _refiner(factor: float, fidelity: float, match_colour: bool):
+    """The photo-space step of :func:`paste_faces` for one face (None when there is none)."""
+    if not 0.0 <= fidelity <= 1.0:
+        raise ValueError(f"fidelity must be in [0, 1], got {fidelity}")
+    if (fidelity == 0.0 or factor <= 1.0) and not match_colour:
+        return None
+
+    def refine(face_region: np.ndarray, photo_region: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        out = fidelity_mod.keep_input_detail(face_region, photo_region, factor, fidelity, mask=alpha)
+        return fidelity_mod.match_colour(out, photo_region, alpha) if match_colour else out
+
+    return refine
 
 
 @dataclass
@@ -113,6 +191,7 @@ class PhotoJob:
         faces: the detected faces (possibly none), or None for an aligned crop.
         faces_left_out: faces the detector found beyond ``max_faces`` (the lowest scores).
         no_face_reason: set when the photo was not searched (under the detector's minimum size).
+        paste_mask: how the faces go back (:data:`PASTE_MASKS`).
     """
 
     photo: np.ndarray
@@ -121,6 +200,7 @@ class PhotoJob:
     faces: Optional[list] = None
     faces_left_out: int = 0  # detected faces beyond max_faces, not restored
     no_face_reason: Optional[str] = None  # why no face was looked for (a photo too small)
+    paste_mask: str = "face"
 
     @property
     def mode(self) -> str:
@@ -136,6 +216,8 @@ def plan_photo(
     detector=None,
     max_faces: Optional[int] = 10,
     fit: str = "stretch",
+    paste_mask: str = "face",
+    mesh=None,
 ) -> PhotoJob:
     """Step 1 of the pipeline: the crops to restore (detect + align, or fit an aligned crop).
 
@@ -143,22 +225,35 @@ def plan_photo(
         photo: (H, W, 3) uint8.
         seeds: ``f(crop_index) -> int``.
         detector: a :class:`odedit.detect.FaceDetector`, needed when detection is used.
+        paste_mask: ``face`` | ``frame`` (:data:`PASTE_MASKS`), used by :func:`finish_photo`.
+        mesh: a :class:`odedit.facemask.FaceMesh` for the faces' outlines (``face`` mask). None:
+            one is opened for this photo and closed again where mediapipe has it (else the
+            keypoint ellipse); ``False``: the keypoint ellipse.
     """
     from odedit.imageio import fit_square
 
+    if paste_mask not in PASTE_MASKS:
+        raise ValueError(f"paste mask must be one of {PASTE_MASKS}, got {paste_mask!r}")
     if not uses_detection(faces_mode, photo.shape, size):
         return PhotoJob(photo, [fit_square(photo, size, fit)], [seeds(0)], None)
     if too_small_for_detection(photo.shape):
         h, w = photo.shape[:2]
         reason = f"{w}x{h} px, under the {MIN_PHOTO_SIDE} px a side that face detection needs"
-        return PhotoJob(photo, [], [], [], no_face_reason=reason)
+        return PhotoJob(photo, [], [], [], no_face_reason=reason, paste_mask=paste_mask)
     if detector is None:
         raise ValueError("faces_mode 'auto' on a whole photo needs a detector")
     found = detector.detect(photo)  # all of them, best first: those beyond max_faces are counted
     kept = found if max_faces is None else found[:max_faces]
-    faces = cut_faces(photo, kept, size)
+    want_outlines = paste_mask == "face"
+    own_mesh = facemask.mesh_or_none() if want_outlines and kept and mesh is None else None
+    use_mesh = own_mesh if own_mesh is not None else (mesh if mesh is not False else None)
+    try:
+        faces = cut_faces(photo, kept, size, mesh=use_mesh, outlines=want_outlines)
+    finally:
+        if own_mesh is not None:
+            own_mesh.close()
     return PhotoJob(photo, [f.crop for f in faces], [seeds(i) for i in range(len(faces))], faces,
-                    faces_left_out=len(found) - len(kept))
+                    faces_left_out=len(found) - len(kept), paste_mask=paste_mask)
 
 
 def finish_photo(
@@ -168,6 +263,7 @@ def finish_photo(
     *,
     keep_size: bool = False,
     fit: str = "stretch",
+    progress: Optional[Callable[[int, int], None]] = None,
 ) -> tuple[np.ndarray, dict]:
     """Step 3 of the pipeline: the output image and what happened to it.
 
@@ -176,11 +272,13 @@ def finish_photo(
         upsampler: an :class:`Upsampler`, or a callable returning one (called only when a face
             is pasted, so a detector-only run never loads an upsampling model); None = Lanczos.
         keep_size: an aligned crop goes back to the input's own size (``unfit_square``).
+        progress: ``progress(i, n)`` before face ``i`` of ``n`` is pasted back.
     Returns:
         (result, info): the whole photo with the faces pasted back (the photo unchanged when
         none was found: ``info['status'] == 'no_face_copied_unchanged'``, with
         ``no_face_reason`` when the photo was too small to search), or the restored crop. For
-        whole photos ``info['faces_left_out']`` counts the faces found beyond ``max_faces``.
+        whole photos ``info['faces_left_out']`` counts the faces found beyond ``max_faces``,
+        and each face's entry says how it was pasted (:func:`paste_mask`'s record).
     """
     if len(restored) != len(job.crops):
         raise ValueError(f"{len(job.crops)} crops but {len(restored)} restorations")
@@ -197,11 +295,14 @@ def finish_photo(
             info["no_face_reason"] = job.no_face_reason
         return np.asarray(job.photo, dtype=np.uint8).copy(), info
     up = upsampler if upsampler is None or hasattr(upsampler, "upsample") else upsampler()
-    result, factors = paste_faces(job.photo, job.faces, list(restored), up)
+    masks: list = []
+    result, factors = paste_faces(job.photo, job.faces, list(restored), up, mask=job.paste_mask, progress=progress,
+                                  masks_info=masks)
     info = {
         "mode": "faces",
         "status": "restored",
-        "faces": [{**f.to_dict(), "seed": s, "upsample_factor": k} for f, s, k in zip(job.faces, job.seeds, factors)],
+        "faces": [{**f.to_dict(), "seed": s, "upsample_factor": k, **mi}
+                  for f, s, k, mi in zip(job.faces, job.seeds, factors, masks)],
         "faces_left_out": job.faces_left_out,
     }
     return result, info
@@ -218,6 +319,8 @@ def restore_photo(
     max_faces: Optional[int] = 10,
     upsampler: Optional[Upsampler] = None,
     fit: str = "stretch",
+    paste_mask: str = "face",
+    mesh=None,
 ) -> tuple[np.ndarray, dict]:
     """One photo through the whole pipeline: :func:`plan_photo`, restore, :func:`finish_photo`.
 
@@ -228,9 +331,11 @@ def restore_photo(
         restore_batch: ``f(crops uint8 (B, size, size, 3), seeds list[int]) -> uint8 (B, size, size, 3)``.
         seeds: ``f(face_index) -> int``.
         detector: a :class:`odedit.detect.FaceDetector`, needed when detection is used.
+        paste_mask, mesh: as :func:`plan_photo`.
     Returns:
         (result, info) as :func:`finish_photo`.
     """
-    job = plan_photo(photo, size, seeds, faces_mode=faces_mode, detector=detector, max_faces=max_faces, fit=fit)
+    job = plan_photo(photo, size, seeds, faces_mode=faces_mode, detector=detector, max_faces=max_faces, fit=fit,
+                     paste_mask=paste_mask, mesh=mesh)
     restored = list(restore_batch(np.stack(job.crops), job.seeds)) if job.crops else []
     return finish_photo(job, restored, upsampler, fit=fit)

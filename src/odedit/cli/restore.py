@@ -54,11 +54,13 @@ resolved settings, model and per-image seeds are saved to OUTDIR/restore.json.
 Whole photos (--faces auto, the default): each face is found with mediapipe's bundled
 detector (pip install 'odedit[faces]'), aligned to the prior's frame by a similarity
 transform from its keypoints, restored, upscaled (ODEdit+: --upsampler, Lanczos by
-default) and blended back with a feathered mask; the output is the whole photo at its
-own size. Inputs already at the model's size are taken as aligned crops. A photo with
-no face is copied through unchanged and reported; so is one under 32 px a side, which is
-not searched. Faces beyond --max-faces are counted and reported. --faces aligned restores
-every input as an aligned crop (the behaviour above).
+default) and blended back with a feathered mask of the face alone (--paste-mask): hair,
+background and clothes keep their pixels; the output is the whole photo at its own size.
+Inputs already at the model's size are taken as aligned crops. A photo with no face is
+copied through unchanged and reported; so is one under 32 px a side, which is not
+searched. Faces beyond --max-faces are counted and reported. --faces aligned restores
+every input as an aligned crop (the behaviour above). A line per photo says how many faces
+were found, their sizes, the upscaling and the stages run (not with --quiet).
 """
 
 
@@ -134,9 +136,18 @@ def add_parser(subparsers) -> None:
     f.add_argument(
         "--upsampler",
         default="lanczos",
-        metavar="lanczos|PATH_OR_HUB_ID",
-        help="ODEdit+ second stage for pasting faces back: lanczos (default) or a diffusers upscaling "
+        metavar="lanczos|realesrgan|PATH_OR_HUB_ID",
+        help="ODEdit+ second stage for pasting faces back: lanczos (default), realesrgan (Real-ESRGAN "
+        "x4plus, offline; pip install 'odedit[upscale]') or a diffusers upscaling "
         "pipeline, e.g. stabilityai/stable-diffusion-x4-upscaler",
+    )
+    f.add_argument(
+        "--paste-mask",
+        choices=("face", "frame"),
+        default="face",
+        help="what goes back into the photo: face (default), the face only, from its outline (face mesh, or an "
+        "ellipse from the keypoints when the mesh fails), so hair, background and clothes keep their pixels; "
+        "frame: the whole restored frame with a feathered border",
     )
     r.add_argument("--fit", choices=("stretch", "crop"), default="stretch", help="how to make aligned crops square")
     r.add_argument("--keep-size", action="store_true", help="resize outputs back to the input size")
@@ -147,7 +158,7 @@ def add_parser(subparsers) -> None:
         help="leave inputs whose output already exists (resume an interrupted run; outputs are "
         "written atomically, so an existing PNG is always complete)",
     )
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--quiet", action="store_true", help="no progress bars and no line per photo")
     p.set_defaults(run=run)
 
 
@@ -400,6 +411,7 @@ def _run(args: argparse.Namespace) -> int:
         "max_faces": args.max_faces,
         "min_face_score": args.min_face_score,
         "upsampler": args.upsampler,
+        "paste_mask": args.paste_mask,
         "command": sys.argv,
     }
     images_meta = sidecar["images"]
@@ -433,8 +445,22 @@ def _run(args: argparse.Namespace) -> int:
                 raise CLIError(str(err)) from None
         return tools["upsampler"]
 
+    def mesh():
+        """The face mesh for the faces' outlines, or False (keypoint ellipses) where it cannot load."""
+        if "mesh" not in tools:
+            from odedit.facemask import mesh_or_none
+
+            tools["mesh"] = mesh_or_none() or False
+        return tools["mesh"]
+
+    def status(text: str) -> None:  # what the run is doing now, after the bar (big photos take seconds a stage)
+        if show:
+            bar.set_postfix_str(text)
+
     def finish(item: "_Item") -> None:
-        result, info = finish_photo(item.job, item.results, upsampler, keep_size=args.keep_size, fit=args.fit)
+        pasting = (lambda i, n: status(f"{item.src.name}: pasting face {i + 1}/{n}"))
+        result, info = finish_photo(item.job, item.results, upsampler, keep_size=args.keep_size, fit=args.fit,
+                                    progress=pasting)
         entry = {
             "input": str(item.src),
             "seed": item.job.seeds[0] if item.job.seeds else image_seed(args.seed, item.src.name),
@@ -462,6 +488,9 @@ def _run(args: argparse.Namespace) -> int:
         entry["output_size"] = [int(result.shape[1]), int(result.shape[0])]
         images_meta[item.dst.name] = entry
         counts["no_face" if entry["status"] != "restored" else "restored"] += 1
+        if show and entry["mode"] == "faces":
+            tqdm.write(photo_line(item.src.name, entry), file=sys.stderr)
+        status("")
         bar.update(1)
 
     def flush() -> None:
@@ -469,6 +498,7 @@ def _run(args: argparse.Namespace) -> int:
             return
         batch = np.stack([item.job.crops[k] for item, k in pending])
         gens = [torch.Generator(device=device).manual_seed(item.job.seeds[k]) for item, k in pending]
+        status(f"restoring {len(pending)} face(s)")
         steps = tqdm(total=nfe, desc="model calls", leave=False, disable=not show, file=sys.stderr)
         try:
             out, diverged = restorer.restore_with_status(uint8_to_unit(batch), generator=gens, callback=steps.update)
@@ -498,6 +528,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.faces == "auto" and args.upsampler != "lanczos":
             upsampler()  # a model that cannot load fails now, not after the first restoration
         for src, dst in jobs:
+            status(f"{src.name}: reading")
             try:
                 image = load_image_uint8(src)
             except ImageError as err:
@@ -506,8 +537,11 @@ def _run(args: argparse.Namespace) -> int:
                 continue
             seeds = (lambda i, name=src.name: face_seed(args.seed, name, i))
             searched = uses_detection(args.faces, image.shape, size) and not too_small_for_detection(image.shape)
+            if searched:
+                status(f"{src.name}: detecting faces")
             job = plan_photo(image, size, seeds, faces_mode=args.faces, detector=detector() if searched else None,
-                             max_faces=args.max_faces, fit=args.fit)
+                             max_faces=args.max_faces, fit=args.fit, paste_mask=args.paste_mask,
+                             mesh=mesh() if searched and args.paste_mask == "face" else False)
             item = _Item(src=src, dst=dst, job=job, results=[None] * len(job.crops))
             if not job.crops:  # a photo without a detected face
                 finish(item)
@@ -543,6 +577,8 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if "detector" in tools:
             tools["detector"].close()
+        if tools.get("mesh"):
+            tools["mesh"].close()
     bar.close()
     record_end("complete")
     _merge_sidecar(sidecar_path, sidecar)
@@ -559,6 +595,35 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _and(words: list) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def photo_line(name: str, entry: dict) -> str:
+    """One line on what happened to a whole photo (its restore.json ``entry``), e.g.
+    ``photo.jpg: 2 faces (312 px, 140 px), x5 and x3 upscale, 1 left out beyond --max-faces,
+    stages: detect, restore, upsample(lanczos), paste(face mask)``. Face sizes: the longer side
+    of the detector's box, in photo px."""
+    faces = entry.get("faces") or []
+    if not faces:
+        why = " (too small to search)" if entry.get("no_face_reason") else ""
+        return f"{name}: no face found{why}, copied unchanged"
+    sizes = ", ".join(f"{round(max(b[2] - b[0], b[3] - b[1]))} px" for b in (f["box"] for f in faces))
+    factors = [int(f["upsample_factor"]) for f in faces]
+    parts = [f"{len(faces)} face{'s' if len(faces) > 1 else ''} ({sizes})", _and([f"x{k}" for k in factors]) + " upscale"]
+    if entry.get("faces_left_out"):
+        parts.append(f"{entry['faces_left_out']} left out beyond --max-faces")
+    stages = ["detect", "restore"]
+    if max(factors) > 1:
+        stages.append(f"upsample({entry.get('upsampler', '?')})")
+    if any(f.get("paste_mask") == "frame" for f in faces):
+        stages.append("paste(frame mask)")
+    else:
+        ellipses = sum(f.get("mask_source") == "keypoint_ellipse" for f in faces)
+        stages.append("paste(face mask" + (f", {ellipses} from keypoints: no mesh" if ellipses else "") + ")")
+    return f"{name}: " + ", ".join(parts) + ", stages: " + ", ".join(stages)
 
 
 def _report_faces(images_meta: dict, run_id: str, max_faces: int) -> None:

@@ -1,0 +1,181 @@
+"""What a pasted face keeps of the input: detail finer than the prior can see, and colour.
+
+The prior restores a face in a small model frame (64 px). Pasted into a photo where the face
+spans k = 1 / scale photo pixels per frame pixel (k > 1: the face is larger than the frame),
+the restoration can only be right up to the frame's resolution: everything finer comes from
+the upsampler (Lanczos invents none, Real-ESRGAN invents some). The input, though, may hold
+that fine detail itself (a sharp photo, a mild blur or JPEG), or only noise there.
+
+This module splits the photo-space face region into two bands at the frame's resolution and
+keeps the input's fine band where it is signal rather than noise (CodeFormer's fidelity
+weight w plays the same role, there in feature space):
+
+    L(x)      = x resized down by k and back up (antialiased bicubic): the band the frame holds
+    D(x)      = x - L(x): the band finer than the frame
+    sigma     = the input's noise level (Donoho's MAD of the finest Haar diagonal band)
+    beta      = the share of white noise's variance that falls in D (measured on a noise field)
+    G(p)      = w * clip(1 - beta sigma^2 / var_local(D(P))(p), 0, 1)   (a local Wiener gain)
+    F         = R + G * (D(P) - D(R))                                    (R: the restored region)
+
+With w = 0 the pasted face is the upsampler's (today's behaviour); with w = 1 and a clean
+input the input's fine band replaces the upsampler's, so detail the photo had is not thrown
+away; with a noisy input G falls towards 0 where the fine band is mostly noise.
+
+Colour (``match_colour``): the paper names colour as ODEdit's weakness. The restored region's
+per-channel mean over the face mask is moved to the input's, which undoes a colour drift of
+the prior and leaves the face's structure alone.
+
+Shapes: regions are (h, w, 3) float32 in 0..255 (photo space, one face's bounding box);
+masks are (h, w) float32 in [0, 1]. Pure NumPy/torch functions; nothing here clips.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Defaults chosen by benchmarks/bench_whole_photo.py (docs/faces.md, "Whole-photo benchmark").
+DEFAULT_FIDELITY = 0.0
+DEFAULT_MATCH_COLOUR = False
+_MAD_TO_SIGMA = 1.0 / 0.6745  # median |N(0, 1)| = 0.6745
+
+
+def lowpass(region: np.ndarray, factor: float) -> np.ndarray:
+    """L(x): ``region`` resized down by ``factor`` (antialiased) and back up, bicubic.
+
+    Args:
+        region: (h, w, C) float, any range.
+        factor: photo pixels per frame pixel (> 1 to have any effect).
+    Returns:
+        (h, w, C) float32; ``region`` itself (as float32) when ``factor <= 1``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    x = np.asarray(region, dtype=np.float32)
+    if factor <= 1.0:
+        return x.copy()
+    h, w = x.shape[:2]
+    nh, nw = max(1, int(round(h / factor))), max(1, int(round(w / factor)))
+    t = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None]
+    small = F.interpolate(t, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+    back = F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)
+    return back[0].permute(1, 2, 0).numpy()
+
+
+def noise_sigma(region: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Noise standard deviation of ``region`` (grey levels), Donoho's estimator.
+
+    The finest diagonal Haar band, HH = (a - b - c + d) / 2 over 2x2 blocks, of each channel;
+    sigma = median(|HH|) / 0.6745 over the blocks where ``mask`` > 0.5 (all when None).
+    Natural images have little energy in HH, white noise of std s gives HH of std s.
+    """
+    x = np.asarray(region, dtype=np.float64)
+    h, w = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
+    if h < 2 or w < 2:
+        return 0.0
+    x = x[:h, :w]
+    hh = (x[0::2, 0::2] - x[0::2, 1::2] - x[1::2, 0::2] + x[1::2, 1::2]) / 2.0
+    if mask is not None:
+        m = np.asarray(mask, dtype=np.float64)[:h, :w]
+        keep = m[0::2, 0::2] > 0.5
+        if keep.sum() < 16:
+            keep = np.ones_like(keep)
+        hh = hh[keep]
+    return float(np.median(np.abs(hh)) * _MAD_TO_SIGMA)
+
+
+def noise_share_of_fine_band(shape: tuple[int, int], factor: float, seed: int = 0) -> float:
+    """beta: the share of unit white noise's variance that lies in D = x - L(x).
+
+    Measured on a seeded noise field of the region's shape (so it includes the real filters'
+    responses and the region's borders) rather than the ideal 1 - 1/factor^2.
+    """
+    if factor <= 1.0:
+        return 0.0
+    rng = np.random.default_rng(seed)
+    n = rng.standard_normal((int(shape[0]), int(shape[1]), 1)).astype(np.float32)
+    return float(np.var(n - lowpass(n, factor)))
+
+
+def _box_mean(x: np.ndarray, radius: int) -> np.ndarray:
+    """Mean over a (2r+1)^2 window, edges replicated; x (h, w) float64."""
+    if radius <= 0:
+        return x
+    k = 2 * radius + 1
+    p = np.pad(x, radius, mode="edge")
+    c = np.cumsum(np.cumsum(p, 0), 1)
+    c = np.pad(c, ((1, 0), (1, 0)))
+    return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) / (k * k)
+
+
+def detail_gain(fine_input: np.ndarray, sigma: float, beta: float, factor: float, weight: float) -> np.ndarray:
+    """G: a local Wiener gain for the input's fine band, in [0, weight].
+
+    Args:
+        fine_input: (h, w, 3) D(P), the input's fine band.
+        sigma: the input's noise std (grey levels), beta: :func:`noise_share_of_fine_band`.
+        factor: photo px per frame px; the local window spans about one frame pixel (>= 3 px).
+        weight: w in [0, 1], the user's fidelity weight.
+    Returns:
+        (h, w, 1) float32.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"detail weight must be in [0, 1], got {weight}")
+    energy = np.mean(np.asarray(fine_input, dtype=np.float64) ** 2, axis=2)
+    radius = max(1, int(round(factor / 2)))
+    local = _box_mean(energy, radius)
+    noise = beta * sigma * sigma
+    g = np.clip(1.0 - noise / np.maximum(local, 1e-12), 0.0, 1.0)
+    return (weight * g).astype(np.float32)[..., None]
+
+
+def keep_input_detail(
+    restored: np.ndarray,
+    photo: np.ndarray,
+    factor: float,
+    weight: float = DEFAULT_FIDELITY,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """F = R + G * (D(P) - D(R)): the restored region with the input's fine band where it is signal.
+
+    Args:
+        restored: (h, w, 3) float, R: the restored face warped to photo space (0..255).
+        photo: (h, w, 3) uint8 or float, P: the input over the same pixels.
+        factor: photo px per frame px (1 / :func:`odedit.align.scale_of` of the photo -> frame
+            matrix). At or below 1 the frame already holds every band: ``restored`` comes back.
+        weight: w in [0, 1] (0 = the restoration as upsampled).
+        mask: (h, w) the face mask, where the noise level is measured (None: everywhere).
+    Returns:
+        (h, w, 3) float32, not clipped.
+    """
+    r = np.asarray(restored, dtype=np.float32)
+    p = np.asarray(photo, dtype=np.float32)
+    if r.shape != p.shape:
+        raise ValueError(f"restored {r.shape} and photo {p.shape} regions differ")
+    if factor <= 1.0 or weight == 0.0:
+        return r.copy()
+    fine_p = p - lowpass(p, factor)
+    fine_r = r - lowpass(r, factor)
+    sigma = noise_sigma(p, mask)
+    beta = noise_share_of_fine_band(p.shape[:2], factor)
+    g = detail_gain(fine_p, sigma, beta, factor, weight)
+    return r + g * (fine_p - fine_r)
+
+
+def match_colour(restored: np.ndarray, photo: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Shift each channel of ``restored`` so its mask-weighted mean equals ``photo``'s.
+
+    Args:
+        restored, photo: (h, w, 3) float (0..255), the same pixels.
+        mask: (h, w) weights in [0, 1]; an all-zero mask returns ``restored`` unchanged.
+    Returns:
+        (h, w, 3) float32, not clipped.
+    """
+    r = np.asarray(restored, dtype=np.float32)
+    p = np.asarray(photo, dtype=np.float32)
+    m = np.asarray(mask, dtype=np.float64)[..., None]
+    total = float(m.sum())
+    if total <= 0:
+        return r.copy()
+    shift = ((p - r) * m).sum(axis=(0, 1)) / total
+    return r + shift.astype(np.float32)
