@@ -192,7 +192,10 @@ def test_python_api_matches_cli(tiny_model, faces, tmp_path):
 
     out = tmp_path / "out"
     assert run_cli([str(faces / "face2.png"), "-o", str(out), "--model", str(tiny_model), *FAST]) == 0
-    restorer = ODEdit.from_pretrained(str(tiny_model), config=ODEditConfig.from_preset("light", steps=6))
+    from odedit.devices import resolve_dtype_for
+
+    dtype = resolve_dtype_for("auto", torch.device("cpu"))  # the CLI's default --dtype auto
+    restorer = ODEdit.from_pretrained(str(tiny_model), config=ODEditConfig.from_preset("light", steps=6), dtype=dtype)
     image = fit_square(load_image_uint8(faces / "face2.png"), 16)
     gen = torch.Generator().manual_seed(image_seed(0, "face2.png"))
     api = unit_to_uint8(restorer.restore(uint8_to_unit(image[None]), generator=[gen]))[0]

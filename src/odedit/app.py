@@ -97,7 +97,7 @@ class Request:
 class Engine:
     """Holds the loaded model, detector and upsampler; restores one photo per call."""
 
-    def __init__(self, model: Optional[str] = None, device: str = "cpu", dtype: str = "float32"):
+    def __init__(self, model: Optional[str] = None, device: str = "cpu", dtype: str = "auto"):
         import torch
 
         from odedit.devices import resolve_device, resolve_dtype_for

