@@ -264,6 +264,8 @@ def finish_photo(
     keep_size: bool = False,
     fit: str = "stretch",
     progress: Optional[Callable[[int, int], None]] = None,
+    fidelity: float = fidelity_mod.DEFAULT_FIDELITY,
+    match_colour: bool = fidelity_mod.DEFAULT_MATCH_COLOUR,
 ) -> tuple[np.ndarray, dict]:
     """Step 3 of the pipeline: the output image and what happened to it.
 
@@ -273,6 +275,7 @@ def finish_photo(
             is pasted, so a detector-only run never loads an upsampling model); None = Lanczos.
         keep_size: an aligned crop goes back to the input's own size (``unfit_square``).
         progress: ``progress(i, n)`` before face ``i`` of ``n`` is pasted back.
+        fidelity, match_colour: see :func:`paste_faces`.
     Returns:
         (result, info): the whole photo with the faces pasted back (the photo unchanged when
         none was found: ``info['status'] == 'no_face_copied_unchanged'``, with
@@ -297,12 +300,12 @@ def finish_photo(
     up = upsampler if upsampler is None or hasattr(upsampler, "upsample") else upsampler()
     masks: list = []
     result, factors = paste_faces(job.photo, job.faces, list(restored), up, mask=job.paste_mask, progress=progress,
-                                  masks_info=masks)
+                                  masks_info=masks, fidelity=fidelity, match_colour=match_colour)
     info = {
         "mode": "faces",
         "status": "restored",
-        "faces": [{**f.to_dict(), "seed": s, "upsample_factor": k, **mi}
-                  for f, s, k, mi in zip(job.faces, job.seeds, factors, masks)],
+        "faces": [{**f.to_dict(), "seed": s, "upsample_factor": k, **mi, "fidelity": fidelity,
+                   "match_colour": match_colour} for f, s, k, mi in zip(job.faces, job.seeds, factors, masks)],
         "faces_left_out": job.faces_left_out,
     }
     return result, info

@@ -31,6 +31,8 @@ from odedit.cli.common import (
     write_json_atomic,
 )
 
+from odedit.fidelity import DEFAULT_FIDELITY, DEFAULT_MATCH_COLOUR
+
 SIDECAR = "restore.json"
 
 DESCRIPTION = """\
@@ -148,6 +150,22 @@ def add_parser(subparsers) -> None:
         help="what goes back into the photo: face (default), the face only, from its outline (face mesh, or an "
         "ellipse from the keypoints when the mesh fails), so hair, background and clothes keep their pixels; "
         "frame: the whole restored frame with a feathered border",
+    )
+    f.add_argument(
+        "--fidelity",
+        type=ranged(float, 0.0, 1.0),
+        default=DEFAULT_FIDELITY,
+        metavar="W",
+        help=f"0..1 (default {DEFAULT_FIDELITY:g}): how much of the photo's own detail finer than the model's "
+        "64 px a face larger than 64 px keeps, where it is detail rather than noise (1 = all of it, "
+        "0 = the upsampled restoration alone); no effect on faces of 64 px or less",
+    )
+    f.add_argument(
+        "--match-colour",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_MATCH_COLOUR,
+        help="move each restored face's mean colour to the input's (default: "
+        f"{'on' if DEFAULT_MATCH_COLOUR else 'off'})",
     )
     r.add_argument("--fit", choices=("stretch", "crop"), default="stretch", help="how to make aligned crops square")
     r.add_argument("--keep-size", action="store_true", help="resize outputs back to the input size")
@@ -412,6 +430,8 @@ def _run(args: argparse.Namespace) -> int:
         "min_face_score": args.min_face_score,
         "upsampler": args.upsampler,
         "paste_mask": args.paste_mask,
+        "fidelity": args.fidelity,
+        "match_colour": args.match_colour,
         "command": sys.argv,
     }
     images_meta = sidecar["images"]
@@ -460,7 +480,7 @@ def _run(args: argparse.Namespace) -> int:
     def finish(item: "_Item") -> None:
         pasting = (lambda i, n: status(f"{item.src.name}: pasting face {i + 1}/{n}"))
         result, info = finish_photo(item.job, item.results, upsampler, keep_size=args.keep_size, fit=args.fit,
-                                    progress=pasting)
+                                    progress=pasting, fidelity=args.fidelity, match_colour=args.match_colour)
         entry = {
             "input": str(item.src),
             "seed": item.job.seeds[0] if item.job.seeds else image_seed(args.seed, item.src.name),
