@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from odedit.bench.report import _label_rows
+from odedit.bench import label_rows
 from odedit.imageio import save_png_atomic
 
 from results_tables import FAMILIES, FAMILY_OF  # one grouping for the tables and the figure
@@ -59,7 +59,7 @@ def main() -> None:
             y, x = pad + r * (tile + pad), pad + c * (tile + pad)
             grid[y : y + tile, x : x + tile] = im
     labels = [label or folder for folder, _, label in rows]
-    out = _label_rows(grid, labels, tile, pad)
+    out = label_rows(grid, labels, tile, pad)
     save_png_atomic(args.output, out)
     print(f"{args.output}: {len(rows)} rows x {len(keys)} images ({', '.join(keys)})")
 

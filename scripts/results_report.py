@@ -16,25 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from odedit.bench.methods import MethodSpec
-from odedit.bench.records import _Layout
-from odedit.bench.report import aggregate
-from odedit.restorers import ODEditConfig, SDEditConfig
-
-DERIVED = {"nfe", "total_langevin_steps", "start_level"}  # written by to_dict, not fields
-
-
-def spec_from_record(name: str, d: dict) -> MethodSpec:
-    cfg = None
-    if d["kind"] != "source":
-        fields = {k: v for k, v in d["config"].items() if k not in DERIVED}
-        if d["kind"] == "odedit":
-            fields["levels"] = tuple(fields["levels"])
-            cfg = ODEditConfig(**fields)
-        else:
-            cfg = SDEditConfig(**fields)
-    return MethodSpec(name, d["kind"], cfg, best_of=int(d.get("best_of", 1)), preset=d.get("preset"),
-                      note=d.get("note", ""), ablation=bool(d.get("ablation", False)))
+from odedit.bench import METHOD_KINDS, Layout, MethodSpec, aggregate
 
 
 def main() -> None:
@@ -46,10 +28,10 @@ def main() -> None:
     args = ap.parse_args()
     out = args.folder.expanduser()
     meta = json.loads((out / "bench.json").read_text())
-    methods = [spec_from_record(n, d) for n, d in meta["methods"].items()]
-    # source first, then ODEdit, then SDEdit, each in name order
-    methods.sort(key=lambda m: (("source", "odedit", "sdedit").index(m.kind), m.name))
-    lay = _Layout(out)
+    methods = [MethodSpec.from_dict(n, d) for n, d in meta["methods"].items()]
+    # source first, then the restoration methods in the order of their table (ODEdit, SDEdit), each in name order
+    methods.sort(key=lambda m: (METHOD_KINDS.index(m.kind), m.name))
+    lay = Layout(out)
     keys = sorted(p.stem for p in (out / "records" / "degraded").glob("*.json"))[: args.limit]
     for m in methods:
         if _roundtrip(m.identity()["config"]) != _roundtrip(meta["methods"][m.name]["config"]):

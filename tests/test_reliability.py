@@ -324,15 +324,14 @@ def test_long_file_names_fit_and_an_unwritable_name_is_one_failed_file(tiny_unet
 
 def test_atomic_writers_use_short_temp_names(tmp_path):
     """Each atomic writer of the package can write a 250-byte final name."""
-    from odedit.bench.records import _atomic_write_text
-    from odedit.cli.common import write_json_atomic
+    from odedit.atomic import write_json_atomic, write_text_atomic
     from odedit.imageio import save_png_atomic
     from odedit.unets import build_unet, save_model
 
     stem = "S" * 245
     save_png_atomic(tmp_path / f"{stem}.png", face_like())
     write_json_atomic(tmp_path / f"{stem}.json", {"a": 1})
-    _atomic_write_text(tmp_path / f"{stem}.csv", "x\n")
+    write_text_atomic(tmp_path / f"{stem}.csv", "x\n")
     save_model(build_unet("tiny", 16), tmp_path / f"{stem}.model")
     save_model(build_unet("tiny", 16), tmp_path / f"{stem}.model")  # replacing an existing folder
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{stem}{e}" for e in (".png", ".json", ".csv", ".model"))

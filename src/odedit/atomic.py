@@ -17,6 +17,7 @@ temp file behind. The rules:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -83,6 +84,11 @@ def write_text_atomic(path: os.PathLike | str, text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically, newlines untranslated."""
     with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
         fh.write(text)
+
+
+def write_json_atomic(path: os.PathLike | str, obj) -> None:
+    """Write ``obj`` as JSON (indented, keys sorted, other types as ``str``) to ``path`` atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def make_temp_dir(parent: os.PathLike | str) -> Path:

@@ -32,18 +32,21 @@ Several processes (``accelerate launch``) split the images: process i takes imag
 once every process is done.
 
 The package is split by responsibility, with imports going one way (protocol -> report
--> methods -> records): :mod:`odedit.bench.protocol` holds the input image sets, seeds,
-process sharding, settings and the run loop (:func:`run_benchmark`);
+-> methods -> records) and only public names crossing modules:
+:mod:`odedit.bench.protocol` holds the input image sets, seeds, process sharding,
+settings, resume checks and the run loop (:func:`run_benchmark`);
 :mod:`odedit.bench.methods` the evaluated methods (:class:`MethodSpec`, their names,
-:func:`build_methods`); :mod:`odedit.bench.report` the per-image fidelity and the
-aggregation into results.csv, summary.md and grid.png (:func:`aggregate`);
-:mod:`odedit.bench.records` the output folder's layout, atomic writes, manifests, resume
-checks and :class:`BenchError`. The public names are re-exported here. To patch a
-function, patch it where it is looked up: ``odedit.bench.protocol.aggregate`` for the call
-in ``run_benchmark``, not ``odedit.bench.aggregate``.
+settings text and recorded identity, :func:`build_methods`); :mod:`odedit.bench.report`
+the per-image fidelity (:func:`fidelity`) and the aggregation into results.csv, summary.md
+and grid.png (:func:`aggregate`, :func:`label_rows`); :mod:`odedit.bench.records` the
+output folder's :class:`Layout` (images, per-image records), JSON reads, manifests and
+:class:`BenchError`. The public names are re-exported here. To patch a function, patch it
+where it is looked up: ``odedit.bench.protocol.aggregate`` for the call in
+``run_benchmark``, not ``odedit.bench.aggregate``.
 """
 
 from odedit.bench.methods import (
+    METHOD_KINDS,
     MethodSpec,
     ablation_methods,
     build_methods,
@@ -65,23 +68,26 @@ from odedit.bench.protocol import (
     run_benchmark,
     shard,
 )
-from odedit.bench.records import BenchError, ManifestEntry, read_manifest, write_manifest
-from odedit.bench.report import aggregate
+from odedit.bench.records import BenchError, Layout, ManifestEntry, read_json, read_manifest, write_manifest
+from odedit.bench.report import SWD_CACHE_DIR, aggregate, fidelity, label_rows
 
 # Importable from here as before the split, though not in __all__:
-from odedit.bench.methods import ABLATION_STEP_SIZES, METHOD_KINDS  # noqa: F401
+from odedit.bench.methods import ABLATION_STEP_SIZES  # noqa: F401
 from odedit.bench.protocol import model_fingerprint  # noqa: F401
 from odedit.bench.records import FORMAT_VERSION, MANIFEST_COLUMNS, RESULT_COLUMNS, SET_ROW  # noqa: F401
 from odedit.bench.records import GRID_FILE, MANIFEST_FILE, RESULTS_FILE, SETTINGS_FILE, SUMMARY_FILE  # noqa: F401
-from odedit.bench.report import PSNR_CAP, SWD_CACHE_DIR, SWD_CACHE_VERSION, SWD_SETTINGS  # noqa: F401
+from odedit.bench.report import PSNR_CAP, SWD_CACHE_VERSION, SWD_SETTINGS  # noqa: F401
 
 __all__ = [
     "BenchError",
     "ImageRef",
     "ImageSet",
+    "Layout",
     "ManifestEntry",
+    "read_json",
     "read_manifest",
     "write_manifest",
+    "METHOD_KINDS",
     "MethodSpec",
     "odedit_method_name",
     "sdedit_method_name",
@@ -99,4 +105,7 @@ __all__ = [
     "BenchStats",
     "run_benchmark",
     "aggregate",
+    "fidelity",
+    "label_rows",
+    "SWD_CACHE_DIR",
 ]

@@ -2,13 +2,16 @@
 oracle), the naming rules that make a method's name encode its settings
 (:func:`odedit_method_name`, :func:`sdedit_method_name`), SDEdit with a given number of
 model calls (:func:`sdedit_nfe_matched`), and the ordered, de-duplicated list of methods
-of a run (:func:`build_methods`, with the standard :func:`ablation_methods`). It depends
-only on :mod:`odedit.restorers` and on :mod:`odedit.bench.records` for BenchError.
+of a run (:func:`build_methods`, with the standard :func:`ablation_methods`). What differs
+between methods is picked by the config's type (:data:`odedit.restorers.METHODS`), never by
+comparing method names. It depends only on :mod:`odedit.restorers` and on
+:mod:`odedit.bench.records` for BenchError.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import json
+from dataclasses import dataclass, fields, replace
 from typing import Optional, Sequence
 
 from odedit.bench.records import BenchError
@@ -93,9 +96,74 @@ class MethodSpec:
         return {**self.identity(), "nfe": self.nfe, "preset": self.preset, "note": self.note,
                 "ablation": self.ablation, "oracle": self.oracle}
 
+    @classmethod
+    def from_dict(cls, name: str, d: dict) -> "MethodSpec":
+        """The method ``name`` as :meth:`to_dict` recorded it (bench.json's ``methods``)."""
+        config_type = METHODS.get(d["kind"])
+        cfg = None
+        if config_type is not None:  # to_dict adds derived values (nfe, ...): keep the fields only
+            names = {f.name for f in fields(config_type)}
+            cfg = config_type(**{k: v for k, v in d["config"].items() if k in names})
+        return cls(name, d["kind"], cfg, best_of=int(d.get("best_of", 1)), preset=d.get("preset"),
+                   note=d.get("note", ""), ablation=bool(d.get("ablation", False)))
+
+    def matches_record(self, recorded: dict) -> bool:
+        """Whether this method has the identity of ``recorded`` (its :meth:`to_dict` in an
+        earlier run's bench.json): the same results, so that run's images may be kept."""
+        return _recorded_identity(recorded) == _json_roundtrip(self.identity())
+
+    def settings_text(self) -> str:
+        """The method's settings in words (the summary's table of methods)."""
+        if not self.restores:
+            return "-"
+        text = _SETTINGS_TEXT[type(self.config)](self.config)
+        if self.best_of > 1:
+            text += f", best of {self.best_of}"
+        return text
+
 
 def _g(v: float) -> str:
     return f"{v:g}"
+
+
+def _odedit_settings_text(c: ODEditConfig) -> str:
+    if c.total_langevin_steps == 0:
+        text = f"steps={c.steps}, no Langevin"
+    else:
+        text = (f"steps={c.steps}, levels={','.join(map(str, c.levels))}, K={c.langevin_steps}/level "
+                f"({c.total_langevin_steps} total), eps={_g(c.step_size)}, T={_g(c.temperature)}")
+    if c.invert_to is not None:
+        text += f", invert_to={c.invert_to}"
+    if c.clip_inversion_x0:
+        text += ", x0 clipping in inversion"
+    if c.decode_threshold:
+        text += f", decode threshold {_g(c.decode_threshold)}"
+    return text
+
+
+def _sdedit_settings_text(c: SDEditConfig) -> str:
+    text = f"steps={c.steps}, strength={_g(c.strength)}, eta={_g(c.eta)}, t0={sdedit_start_timestep(c)}"
+    if c.calls is not None:
+        text += f", {c.calls} evenly spaced timesteps"
+    return text
+
+
+# Per config type (the keys of odedit.restorers.ALGORITHMS): its settings in words.
+_SETTINGS_TEXT = {ODEditConfig: _odedit_settings_text, SDEditConfig: _sdedit_settings_text}
+
+# Config fields added later, with the values runs recorded before them used (per config type).
+_CONFIG_DEFAULTS = {ODEditConfig: {"solver": "ddim", "inversion_iters": 0}}
+
+
+def _recorded_identity(d: dict) -> dict:
+    ident = {k: d.get(k) for k in ("kind", "config", "best_of")}
+    if isinstance(ident["config"], dict):  # runs recorded before a field existed used its default
+        ident["config"] = {**_CONFIG_DEFAULTS.get(METHODS.get(ident["kind"]), {}), **ident["config"]}
+    return _json_roundtrip(ident)
+
+
+def _json_roundtrip(obj):
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
 def _canonical_nolangevin(cfg: ODEditConfig) -> ODEditConfig:
@@ -281,45 +349,62 @@ def build_methods(
     if not strengths and (SDEditConfig.method in kinds or ablations or match_nfe):
         raise BenchError("no SDEdit strengths given")
     out: dict[str, MethodSpec] = {}
-    main: list[str] = []
     try:
-        if SOURCE in kinds:
-            _add(out, MethodSpec(SOURCE, SOURCE, note="the degraded image itself"))
-        if ODEditConfig.method in kinds:
-            for p in presets:
-                for eps in sizes:
-                    cfg = _odedit_config(p, {**overrides, "step_size": eps})
-                    spec = MethodSpec(odedit_method_name(p, cfg), cfg.method, cfg, preset=p)
-                    _add(out, spec)
-                    main.append(spec.name)
-        if SDEditConfig.method in kinds:
-            for s in strengths:
-                cfg = SDEditConfig(steps=sdedit_steps or PAPER_STEPS, strength=s, eta=eta)
-                spec = MethodSpec(sdedit_method_name(cfg), cfg.method, cfg)
-                _add(out, spec)
-                main.append(spec.name)
+        main = _main_methods(out, kinds, presets, overrides, sizes, strengths, sdedit_steps, eta)
         if ablations:
-            eps0 = sizes[0]
-            for spec in ablation_methods(presets[0], {**overrides, "step_size": eps0}, strengths, eta):
+            for spec in ablation_methods(presets[0], {**overrides, "step_size": sizes[0]}, strengths, eta):
                 _add(out, spec)
         if match_nfe:
-            for p in presets:
-                base = _odedit_config(p, {**overrides, "step_size": sizes[0]})
-                for s in strengths:
-                    cfg = sdedit_nfe_matched(base.nfe, s, eta)
-                    note = (f"NFE matched to {odedit_method_name(p, base)} ({base.nfe}): "
-                            f"NFE={cfg.nfe}, starts at t0={sdedit_start_timestep(cfg)}")
-                    _add(out, MethodSpec(sdedit_method_name(cfg, matched=True), cfg.method, cfg, note=note))
+            _add_nfe_matched(out, presets, {**overrides, "step_size": sizes[0]}, strengths, eta)
         if best_of > 1:
-            for name in main:
-                spec = out[name]
-                if spec.stochastic:
-                    _add(out, replace(
-                        spec, name=f"{name}-oracle-best{best_of}", best_of=int(best_of),
-                        note=f"oracle: best PSNR of {best_of} against the clean image",
-                    ))
+            _add_oracles(out, main, best_of)
     except (ValueError, TypeError) as err:
         if isinstance(err, BenchError):
             raise
         raise BenchError(str(err)) from None
     return list(out.values())
+
+
+def _main_methods(out: dict, kinds: list[str], presets: list[str], overrides: dict, sizes: list,
+                  strengths: list[float], sdedit_steps: Optional[int], eta: float) -> list[str]:
+    """Add the source and the methods of ``kinds`` (each preset x step size, each strength) to
+    ``out``; returns the names of the restoration methods added."""
+    main: list[str] = []
+    if SOURCE in kinds:
+        _add(out, MethodSpec(SOURCE, SOURCE, note="the degraded image itself"))
+    if ODEditConfig.method in kinds:
+        for p in presets:
+            for eps in sizes:
+                cfg = _odedit_config(p, {**overrides, "step_size": eps})
+                spec = MethodSpec(odedit_method_name(p, cfg), cfg.method, cfg, preset=p)
+                _add(out, spec)
+                main.append(spec.name)
+    if SDEditConfig.method in kinds:
+        for s in strengths:
+            cfg = SDEditConfig(steps=sdedit_steps or PAPER_STEPS, strength=s, eta=eta)
+            spec = MethodSpec(sdedit_method_name(cfg), cfg.method, cfg)
+            _add(out, spec)
+            main.append(spec.name)
+    return main
+
+
+def _add_nfe_matched(out: dict, presets: list[str], overrides: dict, strengths: list[float], eta: float) -> None:
+    """Add SDEdit at each strength with the NFE of ODEdit at each preset (with ``overrides``)."""
+    for p in presets:
+        base = _odedit_config(p, overrides)
+        for s in strengths:
+            cfg = sdedit_nfe_matched(base.nfe, s, eta)
+            note = (f"NFE matched to {odedit_method_name(p, base)} ({base.nfe}): "
+                    f"NFE={cfg.nfe}, starts at t0={sdedit_start_timestep(cfg)}")
+            _add(out, MethodSpec(sdedit_method_name(cfg, matched=True), cfg.method, cfg, note=note))
+
+
+def _add_oracles(out: dict, names: list[str], best_of: int) -> None:
+    """Add the best-of-``best_of`` oracle variant of each stochastic method of ``names``."""
+    for name in names:
+        spec = out[name]
+        if spec.stochastic:
+            _add(out, replace(
+                spec, name=f"{name}-oracle-best{best_of}", best_of=int(best_of),
+                note=f"oracle: best PSNR of {best_of} against the clean image",
+            ))

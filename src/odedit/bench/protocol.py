@@ -1,9 +1,10 @@
 """The protocol of one ``odedit bench`` run: the input image sets (a folder or a .zip of
 images, optionally with a corruption manifest), the per-image seeds (the ones ``odedit
 corrupt`` and ``odedit restore`` use), process sharding under ``accelerate launch``,
-:class:`BenchSettings` and :class:`BenchStats`, the validation of settings, and the run
-loop: :func:`run_benchmark` prepares the clean and degraded images, restores each batch
-with each method (``_process_share``, ``_restore_batch``), writes the per-image records
+:class:`BenchSettings` and :class:`BenchStats`, the validation of settings, the checks that
+decide whether an existing output folder may be resumed, and the run loop:
+:func:`run_benchmark` prepares the clean and degraded images, restores each batch with each
+method (``_process_share``, ``_restore_batch``), writes the per-image records
 (:mod:`odedit.bench.records`) and has the main process aggregate them
 (:func:`odedit.bench.report.aggregate`).
 """
@@ -22,21 +23,18 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from odedit.atomic import write_json_atomic
 from odedit.bench.methods import SOURCE, MethodSpec, build_methods
 from odedit.bench.records import (
     FORMAT_VERSION,
     SETTINGS_FILE,
     BenchError,
+    Layout,
     ManifestEntry,
-    _check_resume,
-    _clear_outputs,
-    _Layout,
-    _load_png,
-    _read_json,
-    _write_json,
+    read_json,
     read_manifest,
 )
-from odedit.bench.report import _fidelity, aggregate
+from odedit.bench.report import aggregate, fidelity
 from odedit.imageio import IMAGE_EXTENSIONS, ImageError
 from odedit.provenance import code_identity
 
@@ -130,12 +128,6 @@ class ImageSet:
 # ---- seeds ---------------------------------------------------------------------------------------
 
 
-def _name_seed(base_seed: int, name: str) -> int:
-    from odedit.rng import restore_seed  # the one definition of per-file seeds
-
-    return restore_seed(int(base_seed), name)
-
-
 def corruption_seed(base_seed: int, key: str) -> int:
     """Seed of image ``key``'s corruption, the one ``odedit corrupt --seed base_seed`` gives
     ``<key>.png``: the degraded image is ``corrupt(clean, name, severity,
@@ -157,7 +149,9 @@ def restore_seed(base_seed: int, key: str, sample: int = 0) -> int:
     """Seed of the restoration noise of image ``key``. Sample 0 uses the seed
     ``odedit restore --seed base_seed`` gives ``<key>.png``, so restoring
     ``DIR/images/degraded`` with ``odedit restore`` reproduces the benchmark's images."""
-    return _name_seed(base_seed, f"{key}.png" if sample == 0 else f"{key}.png#{sample}")
+    from odedit.rng import restore_seed as name_seed  # the one definition of per-file seeds
+
+    return name_seed(int(base_seed), f"{key}.png" if sample == 0 else f"{key}.png#{sample}")
 
 
 # ---- processes (accelerate) --------------------------------------------------------------------
@@ -329,12 +323,28 @@ def _resume_settings(s: BenchSettings, model_id: str, model_fp: Optional[str]) -
     }
 
 
+def _check_resume(existing: dict, settings: dict, methods: list[MethodSpec]) -> None:
+    """BenchError unless the run recorded in ``existing`` (bench.json) has the same resume
+    ``settings`` and every method of both runs the same identity (:meth:`MethodSpec.matches_record`)."""
+    old = existing.get("settings", {})
+    diffs = [f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in settings if old.get(k) != settings[k]]
+    known = existing.get("methods", {})
+    for m in methods:
+        if m.name in known and not m.matches_record(known[m.name]):
+            diffs.append(f"method {m.name}: settings differ from the earlier run's")
+    if diffs:
+        raise BenchError(
+            "the output folder holds a benchmark run with different settings ("
+            + "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")
+            + "); pass --overwrite to replace it, or choose another output folder"
+        )
+
+
 # ---- the per-image work ------------------------------------------------------------------------
 
 
-
 def _prepare_images(
-    batch: list[_Item], data: ImageSet, lay: _Layout, size: int, s: BenchSettings
+    batch: list[_Item], data: ImageSet, lay: Layout, size: int, s: BenchSettings
 ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Clean and degraded uint8 images of a batch: read back if done, else made and saved."""
     from odedit.imageio import fit_square
@@ -343,9 +353,9 @@ def _prepare_images(
     for it in batch:
         stored = [lay.record("degraded", it.key), lay.image("clean", it.key), lay.image("degraded", it.key)]
         if all(p.is_file() for p in stored):
-            cleans.append(_load_png(lay.image("clean", it.key)))
-            degs.append(_load_png(lay.image("degraded", it.key)))
-            recs.append(_read_json(lay.record("degraded", it.key)))
+            cleans.append(lay.load_image("clean", it.key))
+            degs.append(lay.load_image("degraded", it.key))
+            recs.append(lay.read_record("degraded", it.key))
             continue
         clean = fit_square(data.load(it.clean), size, s.fit)
         if it.manifest is not None:
@@ -369,7 +379,7 @@ def _prepare_images(
 
         save_png_atomic(lay.image("clean", it.key), clean)
         save_png_atomic(lay.image("degraded", it.key), deg)
-        _write_json(lay.record("degraded", it.key), rec)
+        lay.write_record("degraded", it.key, rec)
         cleans.append(clean)
         degs.append(deg)
         recs.append(rec)
@@ -405,7 +415,7 @@ def _restore_batch(model, spec: MethodSpec, degraded: np.ndarray, clean: np.ndar
         if spec.best_of == 1:
             best = out
             break
-        p, _ = _fidelity(clean, out)
+        p, _ = fidelity(clean, out)
         if best is None:
             best, best_psnr, pick = out.copy(), np.array(p), np.zeros(len(keys), dtype=int)
         else:
@@ -434,25 +444,24 @@ def _warm_up(model, device, batch: int) -> None:
     _sync(device)
 
 
-def _process_share(items: list[_Item], data: ImageSet, lay: _Layout, model, methods: list[MethodSpec],
+def _process_share(items: list[_Item], data: ImageSet, lay: Layout, model, methods: list[MethodSpec],
                    s: BenchSettings, device, ctx: ProcessContext, stats: BenchStats) -> None:
+    from tqdm import tqdm
+
     from odedit.imageio import save_png_atomic
 
     size = model.sample_size
-    work = [m for m in methods]
-    pending = {m.name: sum(1 for it in items if not lay.done(m.name, it.key)) for m in work}
+    pending = {m.name: sum(1 for it in items if not lay.done(m.name, it.key)) for m in methods}
     stats.skipped += sum(len(items) - n for n in pending.values())
-    total_calls = sum(pending[m.name] * m.nfe for m in work)
-    from tqdm import tqdm
-
-    if items and any(pending[m.name] and m.restores for m in work):
+    total_calls = sum(pending[m.name] * m.nfe for m in methods)
+    if items and any(pending[m.name] and m.restores for m in methods):
         _warm_up(model, device, min(s.batch_size, len(items)))
     bar = tqdm(total=total_calls, desc="bench", unit="call", disable=not (s.progress and ctx.is_main),
                file=sys.stderr, dynamic_ncols=True)
     try:
         for start in range(0, len(items), s.batch_size):
             batch = items[start : start + s.batch_size]
-            todo = [(m, [i for i, it in enumerate(batch) if not lay.done(m.name, it.key)]) for m in work]
+            todo = [(m, [i for i, it in enumerate(batch) if not lay.done(m.name, it.key)]) for m in methods]
             if not any(idx for _, idx in todo) and all(lay.done("degraded", it.key) for it in batch):
                 continue
             clean, deg, recs = _prepare_images(batch, data, lay, size, s)
@@ -468,7 +477,7 @@ def _process_share(items: list[_Item], data: ImageSet, lay: _Layout, model, meth
                     out, extras, seconds = _restore_batch(
                         model, spec, deg[idx], clean[idx], keys, s.seed, device, lambda k, n=n: bar.update(n * k)
                     )
-                p, q = _fidelity(clean[idx], out)
+                p, q = fidelity(clean[idx], out)
                 for j, i in enumerate(idx):
                     key = batch[i].key
                     if spec.restores:
@@ -476,7 +485,7 @@ def _process_share(items: list[_Item], data: ImageSet, lay: _Layout, model, meth
                     rec = {"image": key, "method": spec.name, "corruption": recs[i]["corruption"],
                            "nfe": spec.nfe, "seconds": seconds / len(idx), "psnr": p[j], "ssim": q[j],
                            "device": str(device), "batch": len(idx), "process": ctx.index, **extras[j]}
-                    _write_json(lay.record(spec.name, key), rec)
+                    lay.write_record(spec.name, key, rec)
                 stats.processed += len(idx)
     finally:
         bar.close()
@@ -543,34 +552,13 @@ def run_benchmark(settings: BenchSettings, ctx: Optional[ProcessContext] = None)
     out = Path(s.output).expanduser()
     data, items = _items(s)
     keys = [it.key for it in items]
-    from odedit.models import compile_model, load_model, model_identity
+    from odedit.models import model_identity
 
     model_id = model_identity(s.model)
     resume = _resume_settings(s, model_id, model_fingerprint(s.model))
-    settings_path = out / SETTINGS_FILE
-    existing = None
-    if settings_path.is_file():
-        try:
-            existing = _read_json(settings_path)
-        except (OSError, ValueError):
-            if not s.overwrite:
-                raise BenchError(f"{settings_path} exists but is not valid JSON; pass --overwrite to start afresh")
-        if existing is not None and not s.overwrite:
-            _check_resume(existing, resume, s.methods)
-    else:
-        foreign = [n for n in ("images", "records") if (out / n).exists()]
-        if foreign:  # never write into (or, with --overwrite, delete) folders another tool made
-            raise BenchError(f"{out} has a '{foreign[0]}' folder but no {SETTINGS_FILE}: it is not an odedit bench "
-                             "folder; choose another output folder")
-
+    existing = _existing_run(s, out, resume)
     device = _resolve_device(s.device, ctx)
-    model = load_model(s.model, device=device, dtype=_torch_dtype(s.dtype, device))
-    if s.compile:
-        model = compile_model(model)
-    T = model.schedule.num_train_timesteps
-    too_long = [m.name for m in s.methods if m.config is not None and m.config.steps > T]
-    if too_long:
-        raise BenchError(f"method(s) {', '.join(too_long)} use more steps than the model's {T} timesteps")
+    model = _load_bench_model(s, device)
     size = int(model.sample_size)
     if existing and not s.overwrite and existing.get("image_size") not in (None, size):
         raise BenchError(f"{out} was made at image size {existing.get('image_size')}, this model makes {size}; "
@@ -584,32 +572,9 @@ def run_benchmark(settings: BenchSettings, ctx: Optional[ProcessContext] = None)
         "images": len(items), "methods": [m.name for m in s.methods], "status": "running",
         **code_identity(),
     }
+    settings_path = out / SETTINGS_FILE
     if ctx.is_main:
-        if s.overwrite:
-            _clear_outputs(out)
-            existing = None
-        out.mkdir(parents=True, exist_ok=True)
-        meta = existing or {}
-        meta.update({
-            "odedit_bench_format": FORMAT_VERSION,
-            "settings": resume,
-            "image_size": size,
-            "seeds": {
-                "base_seed": s.seed,
-                "corruption": "as `odedit corrupt --corruption random --seed S` on <key>.png: name drawn by "
-                              "choose_corruption(default_rng(odedit.rng.corrupt_seed(S, key.png, 'choice'))), image = "
-                              "corrupt(clean, name, severity, default_rng(odedit.rng.corrupt_seed(S, key.png))); per-image "
-                              "seeds in images/degraded/manifest.csv",
-                "restoration": "torch.Generator(device).manual_seed(odedit.rng.restore_seed(seed, key + '.png')) per image "
-                               "(as `odedit restore --seed`); oracle sample j>0: key + '.png#j'",
-            },
-            "reference": s.reference, "reference_limit": s.reference_limit,
-        })
-        known = meta.setdefault("methods", {})
-        for m in s.methods:
-            known[m.name] = m.to_dict()
-        meta.setdefault("runs", []).append(run_entry)
-        _write_json(settings_path, meta)
+        _write_settings(s, out, None if s.overwrite else existing, resume, size, run_entry)
     ctx.wait()
 
     stats = BenchStats(images=len(items), methods=[m.name for m in s.methods], output=str(out),
@@ -631,21 +596,88 @@ def run_benchmark(settings: BenchSettings, ctx: Optional[ProcessContext] = None)
     return stats
 
 
+def _existing_run(s: BenchSettings, out: Path, resume: dict) -> Optional[dict]:
+    """The bench.json of an earlier run in ``out`` (None: there is none, or with --overwrite an
+    unreadable one). BenchError if that run may not be resumed with ``resume`` settings (unless
+    --overwrite), or if ``out`` holds benchmark folders without a bench.json (another tool's)."""
+    settings_path = out / SETTINGS_FILE
+    if not settings_path.is_file():
+        foreign = [n for n in ("images", "records") if (out / n).exists()]
+        if foreign:  # never write into (or, with --overwrite, delete) folders another tool made
+            raise BenchError(f"{out} has a '{foreign[0]}' folder but no {SETTINGS_FILE}: it is not an odedit bench "
+                             "folder; choose another output folder")
+        return None
+    existing = None
+    try:
+        existing = read_json(settings_path)
+    except (OSError, ValueError):
+        if not s.overwrite:
+            raise BenchError(f"{settings_path} exists but is not valid JSON; pass --overwrite to start afresh")
+    if existing is not None and not s.overwrite:
+        _check_resume(existing, resume, s.methods)
+    return existing
+
+
+def _load_bench_model(s: BenchSettings, device):
+    """The model of the run on ``device`` (compiled with --compile); BenchError if a method needs
+    more steps than it has timesteps."""
+    from odedit.models import compile_model, load_model
+
+    model = load_model(s.model, device=device, dtype=_torch_dtype(s.dtype, device))
+    if s.compile:
+        model = compile_model(model)
+    T = model.schedule.num_train_timesteps
+    too_long = [m.name for m in s.methods if m.config is not None and m.config.steps > T]
+    if too_long:
+        raise BenchError(f"method(s) {', '.join(too_long)} use more steps than the model's {T} timesteps")
+    return model
+
+
+def _write_settings(s: BenchSettings, out: Path, existing: Optional[dict], resume: dict, size: int,
+                    run_entry: dict) -> None:
+    """(Main process.) bench.json: the resume settings, seeds, methods and this run, added to
+    ``existing`` (the earlier runs'; None = a new folder, or --overwrite: the old outputs go)."""
+    if s.overwrite:
+        Layout(out).clear()
+    out.mkdir(parents=True, exist_ok=True)
+    meta = existing or {}
+    meta.update({
+        "odedit_bench_format": FORMAT_VERSION,
+        "settings": resume,
+        "image_size": size,
+        "seeds": {
+            "base_seed": s.seed,
+            "corruption": "as `odedit corrupt --corruption random --seed S` on <key>.png: name drawn by "
+                          "choose_corruption(default_rng(odedit.rng.corrupt_seed(S, key.png, 'choice'))), image = "
+                          "corrupt(clean, name, severity, default_rng(odedit.rng.corrupt_seed(S, key.png))); per-image "
+                          "seeds in images/degraded/manifest.csv",
+            "restoration": "torch.Generator(device).manual_seed(odedit.rng.restore_seed(seed, key + '.png')) per image "
+                           "(as `odedit restore --seed`); oracle sample j>0: key + '.png#j'",
+        },
+        "reference": s.reference, "reference_limit": s.reference_limit,
+    })
+    known = meta.setdefault("methods", {})
+    for m in s.methods:
+        known[m.name] = m.to_dict()
+    meta.setdefault("runs", []).append(run_entry)
+    write_json_atomic(out / SETTINGS_FILE, meta)
+
+
 def _end_run(settings_path: Path, run_entry: dict, stats: BenchStats, t_start: float, status: str) -> None:
     """Write how this run ended (status, wall time, pairs computed / skipped) into bench.json's last run."""
-    meta = _read_json(settings_path)
+    meta = read_json(settings_path)
     run_entry.update({"status": status, "wall_seconds": round(time.time() - t_start, 3),
                       "processed_by_main_process": stats.processed, "skipped_by_main_process": stats.skipped})
     if meta.get("runs"):
         meta["runs"][-1] = run_entry
-    _write_json(settings_path, meta)
+    write_json_atomic(settings_path, meta)
 
 
 def _run_and_report(s: BenchSettings, ctx: ProcessContext, out: Path, data: ImageSet, items: list, keys: list[str],
                     model, model_id: str, device, size: int, stats: BenchStats, t_start: float) -> None:
     """Compute every missing (image, method) pair of this process's share, then (main process)
     aggregate the folder into summary.md / results.csv / grid.png."""
-    lay = _Layout(out)
+    lay = Layout(out)
     lay.mkdirs(["clean", "degraded", *[m.name for m in s.methods if m.restores]])
     (out / "records" / SOURCE).mkdir(parents=True, exist_ok=True)
     mine = shard(items, ctx.index, ctx.num)

@@ -1,9 +1,9 @@
 """The on-disk side of ``odedit bench``: the output folder's file names and layout
-(``_Layout``: ``images/<folder>/<key>.png`` and ``records/<folder>/<key>.json``), atomic
-text and JSON writes, corruption manifests (``manifest.csv`` as ``odedit corrupt`` writes
-and reads it), the checks that decide whether an existing output folder may be resumed,
-and :class:`BenchError`, the user-error type every part of the benchmark raises. This is
-the bottom layer of :mod:`odedit.bench`: at run time it imports nothing else of it.
+(:class:`Layout`: ``images/<folder>/<key>.png`` and ``records/<folder>/<key>.json``, read
+and written atomically through :mod:`odedit.atomic`), corruption manifests
+(``manifest.csv`` as ``odedit corrupt`` writes and reads it), and :class:`BenchError`, the
+user-error type every part of the benchmark raises. This is the bottom layer of
+:mod:`odedit.bench`: it imports nothing else of it.
 """
 
 from __future__ import annotations
@@ -15,14 +15,11 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import Iterable, Optional
 
 import numpy as np
 
-from odedit.atomic import write_text_atomic
-
-if TYPE_CHECKING:  # annotations only: methods imports this module
-    from odedit.bench.methods import MethodSpec
+from odedit.atomic import write_json_atomic, write_text_atomic
 
 FORMAT_VERSION = 1
 SETTINGS_FILE = "bench.json"
@@ -39,19 +36,8 @@ class BenchError(ValueError):
     """A user error in the benchmark's inputs or settings; the message says what to do."""
 
 
-# ---- small file helpers ----------------------------------------------------------------------
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """See :func:`odedit.atomic.write_text_atomic` (short temp name, ordinary mode, rename)."""
-    write_text_atomic(path, text)
-
-
-def _write_json(path: Path, obj) -> None:
-    _atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def _read_json(path: Path):
+def read_json(path: Path):
+    """The JSON value in ``path`` (written by :func:`odedit.atomic.write_json_atomic`)."""
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
 
@@ -121,20 +107,18 @@ def write_manifest(path: os.PathLike | str, entries: Iterable[dict]) -> None:
     writer.writeheader()
     for e in entries:
         writer.writerow(e)
-    _atomic_write_text(Path(path), buf.getvalue())
+    write_text_atomic(Path(path), buf.getvalue())
 
 
 # ---- the output folder -----------------------------------------------------------------------
 
 
-def _load_png(path: Path) -> np.ndarray:
-    from odedit.imageio import load_image_uint8
+class Layout:
+    """Where a benchmark's files live under its output folder ``out``: images
+    ``images/<folder>/<key>.png`` and per-image records ``records/<folder>/<key>.json``, where
+    ``<folder>`` is ``clean``, ``degraded`` or a method's name; a record marks its pair done."""
 
-    return load_image_uint8(path)
-
-
-class _Layout:
-    def __init__(self, out: Path):
+    def __init__(self, out: os.PathLike | str):
         self.out = Path(out)
 
     def image(self, folder: str, key: str) -> Path:
@@ -151,43 +135,25 @@ class _Layout:
             (self.out / "images" / f).mkdir(parents=True, exist_ok=True)
             (self.out / "records" / f).mkdir(parents=True, exist_ok=True)
 
+    def load_image(self, folder: str, key: str) -> np.ndarray:
+        """The saved (H, W, 3) uint8 image."""
+        from odedit.imageio import load_image_uint8
 
-# ---- resuming --------------------------------------------------------------------------------
+        return load_image_uint8(self.image(folder, key))
 
+    def load_images(self, folder: str, keys: list[str]) -> np.ndarray:
+        """The saved images of ``keys`` as one (N, H, W, 3) uint8 array."""
+        return np.stack([self.load_image(folder, k) for k in keys])
 
-def _check_resume(existing: dict, settings: dict, methods: list[MethodSpec]) -> None:
-    old = existing.get("settings", {})
-    diffs = [f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in settings if old.get(k) != settings[k]]
-    known = existing.get("methods", {})
-    for m in methods:
-        if m.name in known and _identity_of(known[m.name]) != _json_roundtrip(m.identity()):
-            diffs.append(f"method {m.name}: settings differ from the earlier run's")
-    if diffs:
-        raise BenchError(
-            "the output folder holds a benchmark run with different settings ("
-            + "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")
-            + "); pass --overwrite to replace it, or choose another output folder"
-        )
+    def read_record(self, folder: str, key: str) -> dict:
+        return read_json(self.record(folder, key))
 
+    def write_record(self, folder: str, key: str, record: dict) -> None:
+        write_json_atomic(self.record(folder, key), record)
 
-# ODEditConfig fields added later, with the values runs made before them used.
-# Keyed by the recorded method kind (odedit.restorers.ODEditConfig.method).
-_CONFIG_DEFAULTS = {"odedit": {"solver": "ddim", "inversion_iters": 0}}
-
-
-def _identity_of(d: dict) -> dict:
-    ident = {k: d.get(k) for k in ("kind", "config", "best_of")}
-    if isinstance(ident["config"], dict):  # runs recorded before a field existed used its default
-        ident["config"] = {**_CONFIG_DEFAULTS.get(ident["kind"], {}), **ident["config"]}
-    return _json_roundtrip(ident)
-
-
-def _json_roundtrip(obj):
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
-
-
-def _clear_outputs(out: Path) -> None:
-    for name in ("images", "records"):
-        shutil.rmtree(out / name, ignore_errors=True)
-    for name in (SETTINGS_FILE, RESULTS_FILE, SUMMARY_FILE, GRID_FILE):
-        (out / name).unlink(missing_ok=True)
+    def clear(self) -> None:
+        """Delete every file a benchmark writes here (``--overwrite``); other files stay."""
+        for name in ("images", "records"):
+            shutil.rmtree(self.out / name, ignore_errors=True)
+        for name in (SETTINGS_FILE, RESULTS_FILE, SUMMARY_FILE, GRID_FILE):
+            (self.out / name).unlink(missing_ok=True)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import signal
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
+
+from odedit.atomic import write_json_atomic  # noqa: F401 (the subcommands' JSON writer, re-exported)
 
 
 class CLIError(Exception):
@@ -220,14 +221,6 @@ def prepare_outdir(path: Path) -> Path:
     except OSError as err:
         raise CLIError(f"cannot create output directory {str(path)!r}: {err.strerror}") from None
     return path
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON atomically (:mod:`odedit.atomic`: short temp name, ordinary mode, rename),
-    so a reader never sees half a file."""
-    from odedit.atomic import write_text_atomic
-
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 @contextlib.contextmanager
