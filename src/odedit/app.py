@@ -11,6 +11,7 @@ the equivalent ``odedit corrupt`` / ``odedit restore`` commands.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -122,10 +123,9 @@ class Engine:
     def run(self, image: np.ndarray, name: str, req: Request, progress=None) -> tuple[np.ndarray, np.ndarray, dict]:
         """(input shown as 'before', result, info). ``progress(done, total)`` per model call."""
         from odedit.corruptions import corrupt
-        from odedit.faces import restore_photo, uses_detection
-        from odedit.imageio import uint8_to_unit, unit_to_uint8
+        from odedit.faces import uses_detection
+        from odedit.pipeline import Pipeline, PipelineOptions
         from odedit.restorers import Restorer
-        from odedit.cli.restore import face_seed
         from odedit.rng import corrupt_seed
 
         config = req.config()
@@ -137,27 +137,14 @@ class Engine:
         restore_name = stem_png if req.degrade else Path(name).name  # the file `odedit restore` would see
         restorer = Restorer(self.model, config)  # the config's type picks the algorithm
         detecting = uses_detection(req.faces, before.shape, self.size)
-        detector = self.detector() if detecting else None
-
-        def restore_batch(crops, seeds):
-            gens = [self._torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
-            done = [0]
-
-            def tick(n=1):
-                done[0] += n
-                if progress is not None:
-                    progress(done[0], config.nfe)
-
-            out, diverged = restorer.restore_with_status(uint8_to_unit(crops).to(self.device), generator=gens, callback=tick)
-            if bool(diverged.any()):
-                raise ValueError("the restoration diverged (non-finite or far out-of-range values); lower the step size")
-            return unit_to_uint8(out)
-
-        def seeds(i):
-            return face_seed(req.seed, restore_name, i)  # the CLI's rule, so its commands reproduce this
-
-        with self._lock:
-            result, info = restore_photo(before, restore_batch, self.size, seeds, faces_mode=req.faces, detector=detector)
+        # the CLI's seed rule (odedit.rng.face_seed) and defaults, so its commands reproduce this;
+        # all of the photo's faces in one batch
+        options = PipelineOptions(seed=req.seed, batch_size=None, faces=req.faces)
+        with self._lock, Pipeline(restorer, options, detector=self.detector() if detecting else None,
+                                  progress=_PageProgress(progress), device=self.device) as pipeline:
+            result, info = pipeline.restore_photo(restore_name, before)
+        if result is None:
+            raise ValueError("the restoration diverged (non-finite or far out-of-range values); lower the step size")
         info = {
             **info,
             "method": req.method,
@@ -170,6 +157,31 @@ class Engine:
             "commands": req.commands(Path(name).name, self.model_source),
         }
         return before, result, info
+
+
+class _PageProgress:
+    """The pipeline's progress for the page: ``progress(done, total)`` after each model call of
+    a batch (:class:`odedit.pipeline.Progress`)."""
+
+    def __init__(self, progress=None):
+        self.progress = progress
+
+    def stage(self, stage) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def restoring(self, crops: int, calls: int):
+        done = [0]
+
+        def tick(n: int = 1) -> None:
+            done[0] += n
+            if self.progress is not None:
+                self.progress(done[0], calls)
+
+        yield tick
+
+    def batch_done(self) -> None:
+        pass
 
 
 def check_upload(path: str) -> tuple[np.ndarray, str]:

@@ -1,9 +1,10 @@
 """Whole photos in, whole photos out: detect -> align -> (restore) -> upsample -> paste back.
 
-The restoring itself is not here: :func:`cut_faces` gives the aligned model-frame crops
-(and each face's outline, :mod:`odedit.facemask`), the caller restores them with any restorer
-(batched with other photos' faces), and :func:`paste_faces` upsamples the restored frames
-(ODEdit+) and blends the faces back (only the face, by default).
+The restoring itself is not here: :func:`plan_photo` cuts a photo into aligned model-frame
+crops (:func:`cut_faces`, with each face's outline, :mod:`odedit.facemask`), the caller restores
+them with any restorer (:class:`odedit.pipeline.Pipeline` batches them with other photos'
+faces), and :func:`finish_photo` upsamples the restored frames (ODEdit+) and blends the faces
+back (:func:`paste_faces`; only the face, by default).
 
 Shapes: photos (H, W, 3) uint8 RGB; crops and restored frames (size, size, 3) uint8.
 """
@@ -226,7 +227,8 @@ def plan_photo(
         seeds: ``f(crop_index) -> int``.
         detector: a :class:`odedit.detect.FaceDetector`, needed when detection is used.
         paste_mask: ``face`` | ``frame`` (:data:`PASTE_MASKS`), used by :func:`finish_photo`.
-        mesh: a :class:`odedit.facemask.FaceMesh` for the faces' outlines (``face`` mask). None:
+        mesh: a :class:`odedit.facemask.FaceMesh` for the faces' outlines (``face`` mask), or a
+            callable returning one (or False), called only when there are faces to outline. None:
             one is opened for this photo and closed again where mediapipe has it (else the
             keypoint ellipse); ``False``: the keypoint ellipse.
     """
@@ -245,6 +247,8 @@ def plan_photo(
     found = detector.detect(photo)  # all of them, best first: those beyond max_faces are counted
     kept = found if max_faces is None else found[:max_faces]
     want_outlines = paste_mask == "face"
+    if callable(mesh):  # a factory: a mesh is needed only for faces to outline
+        mesh = (mesh() or False) if want_outlines and kept else False
     own_mesh = facemask.mesh_or_none() if want_outlines and kept and mesh is None else None
     use_mesh = own_mesh if own_mesh is not None else (mesh if mesh is not False else None)
     try:
@@ -310,35 +314,3 @@ def finish_photo(
     }
     return result, info
 
-
-def restore_photo(
-    photo: np.ndarray,
-    restore_batch,
-    size: int,
-    seeds,
-    *,
-    faces_mode: str = "auto",
-    detector=None,
-    max_faces: Optional[int] = 10,
-    upsampler: Optional[Upsampler] = None,
-    fit: str = "stretch",
-    paste_mask: str = "face",
-    mesh=None,
-) -> tuple[np.ndarray, dict]:
-    """One photo through the whole pipeline: :func:`plan_photo`, restore, :func:`finish_photo`.
-
-    The web app's path; the CLI runs the same two steps but batches crops across files.
-
-    Args:
-        photo: (H, W, 3) uint8.
-        restore_batch: ``f(crops uint8 (B, size, size, 3), seeds list[int]) -> uint8 (B, size, size, 3)``.
-        seeds: ``f(face_index) -> int``.
-        detector: a :class:`odedit.detect.FaceDetector`, needed when detection is used.
-        paste_mask, mesh: as :func:`plan_photo`.
-    Returns:
-        (result, info) as :func:`finish_photo`.
-    """
-    job = plan_photo(photo, size, seeds, faces_mode=faces_mode, detector=detector, max_faces=max_faces, fit=fit,
-                     paste_mask=paste_mask, mesh=mesh)
-    restored = list(restore_batch(np.stack(job.crops), job.seeds)) if job.crops else []
-    return finish_photo(job, restored, upsampler, fit=fit)

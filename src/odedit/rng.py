@@ -42,6 +42,14 @@ def restore_seed(base_seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 2
 
 
+def face_seed(base_seed: int, name: str, index: int = 0) -> int:
+    """The seed rule of ``odedit restore`` and the web app: the seed of face ``index`` of the
+    photo (or crop) called ``name``. Face 0 gets the file's own seed (:func:`restore_seed`, as
+    an aligned crop of that name would), face *i* the seed of ``NAME#faceI``; so a result
+    never depends on the batch, the other files or the order of the faces' restoration."""
+    return restore_seed(base_seed, name if index == 0 else f"{name}#face{index}")
+
+
 def corrupt_seed(base_seed: int, file_name: str, purpose: str = "corrupt") -> int:
     """A 63-bit corruption seed from the base seed and the output file name (``odedit corrupt``)."""
     digest = hashlib.sha256(_name_bytes(f"odedit-corrupt/{purpose}/{int(base_seed)}/{file_name}")).digest()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import os
-import secrets
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, NamedTuple
+
+from odedit import manifest
 
 from odedit.cli.common import (
     LONG_RUN_CALLS,
@@ -28,12 +28,9 @@ from odedit.cli.common import (
     resolve_device,
     sigterm_as_interrupt,
     torch_dtype,
-    write_json_atomic,
 )
-
 from odedit.fidelity import DEFAULT_FIDELITY, DEFAULT_MATCH_COLOUR
-
-SIDECAR = "restore.json"
+from odedit.manifest import SIDECAR, real_path
 
 DESCRIPTION = """\
 Restore degraded face images with a diffusion prior.
@@ -83,6 +80,15 @@ def add_parser(subparsers) -> None:
         metavar="PATH_OR_HUB_ID",
         help="model folder (diffusers save_pretrained layout) or hub id; default: the embedded face prior",
     )
+    _add_method_args(p)
+    r = _add_run_args(p)
+    _add_photo_args(p)
+    _add_output_args(r)  # after the photo flags: the usage line keeps its order
+    p.set_defaults(run=run)
+
+
+def _add_method_args(p: argparse.ArgumentParser) -> None:
+    """The ODEdit and SDEdit settings."""
     g = p.add_argument_group("ODEdit settings (defaults: paper section 4.1, except the step size)")
     g.add_argument(
         "--preset",
@@ -107,6 +113,10 @@ def add_parser(subparsers) -> None:
         help="noise level t0 as a fraction of the diffusion, in (0, 1] (default 0.5)",
     )
     s.add_argument("--eta", type=ranged(float, 0.0, 1.0), default=1.0, help="1 = DDPM noise (default)")
+
+
+def _add_run_args(p: argparse.ArgumentParser):
+    """The "run" group: seed, batch size, device; returns it."""
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=ranged(int, 0), default=0, help="base seed (default 0)")
     r.add_argument(
@@ -117,6 +127,11 @@ def add_parser(subparsers) -> None:
     )
     add_device_args(r)
     add_compile_arg(r)
+    return r
+
+
+def _add_photo_args(p: argparse.ArgumentParser) -> None:
+    """Whole photos: detection, upsampling and paste-back."""
     f = p.add_argument_group("whole photos")
     f.add_argument(
         "--faces",
@@ -167,6 +182,10 @@ def add_parser(subparsers) -> None:
         help="move each restored face's mean colour to the input's (default: "
         f"{'on' if DEFAULT_MATCH_COLOUR else 'off'})",
     )
+
+
+def _add_output_args(r) -> None:
+    """The rest of the "run" group: fit and the output policy."""
     r.add_argument("--fit", choices=("stretch", "crop"), default="stretch", help="how to make aligned crops square")
     r.add_argument("--keep-size", action="store_true", help="resize outputs back to the input size")
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -177,7 +196,6 @@ def add_parser(subparsers) -> None:
         "written atomically, so an existing PNG is always complete)",
     )
     r.add_argument("--quiet", action="store_true", help="no progress bars and no line per photo")
-    p.set_defaults(run=run)
 
 
 def build_config(args: argparse.Namespace):
@@ -205,55 +223,121 @@ def build_config(args: argparse.Namespace):
 
 
 def image_seed(base_seed: int, name: str) -> int:
-    """See :func:`odedit.rng.restore_seed`."""
-    from odedit.rng import restore_seed
+    """A file's seed: :func:`odedit.rng.face_seed` of its face 0 (kept for callers of this name)."""
+    from odedit.rng import face_seed
 
-    return restore_seed(base_seed, name)
+    return face_seed(base_seed, name)
 
 
 # Errors of os calls that concern one file name, not the folder or the disk: such a file fails
 # alone and the batch goes on. EINVAL/EILSEQ: a name the file system cannot store (FAT, SMB, ...).
 NAME_ERRNOS = (errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ)
+DIVERGED_MESSAGE = "the restoration diverged (non-finite or far out-of-range values); lower --step-size or --temperature"
 
 
-def _location(path: Path) -> Path:
-    """Absolute path of the directory entry itself: its folder resolved (symlinks, ..), the
-    entry not followed."""
+def run(args: argparse.Namespace) -> int:
+    """``odedit restore``; SIGTERM stops it like Ctrl-C (the run is recorded as interrupted)."""
+    with sigterm_as_interrupt():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from odedit.pipeline import Pipeline
+
+    # 1. Validate everything cheap before loading the model.
     try:
-        return path.absolute().parent.resolve() / path.name
-    except (OSError, RuntimeError):  # a symlink loop
-        return path.absolute()
+        config = build_config(args)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    if args.overwrite and args.skip_existing:
+        raise CLIError("--overwrite and --skip-existing exclude each other")
+    todo = _collect(args)
+    outdir = _prepare(Path(args.output), todo, config.nfe)
+    restorer, device, dtype = _load_restorer(args, config)
+    options = _options(args)
+
+    # 2. restore.json: this run's settings and seeds, merged with earlier runs' entries.
+    with _manifest_errors():
+        manifest.load(outdir / SIDECAR)  # an unreadable sidecar stops the run before any work
+    settings = manifest.run_settings(
+        method=args.method, config=config, model=args.model, image_size=restorer.model.sample_size, device=device,
+        dtype=dtype, dtype_requested=args.dtype, compile=args.compile, skipped_existing=todo.skipped,
+        photo_settings=options.settings(), command=sys.argv,
+    )
+    record = manifest.RunManifest(outdir, manifest.new_run_id(args.seed), settings)
+
+    # 3. The pipeline: a whole photo becomes one crop per detected face, crops are restored in
+    #    batches across files, and a photo is written once all its faces are back.
+    files = _Files(args, todo, record)
+    pipeline = Pipeline(restorer, options, detector=_detector_factory(args), upsampler=_upsampler_factory(args, device),
+                        progress=files, device=device)
+    files.run(pipeline)
+
+    print(
+        f"restored {files.counts['restored']} image(s) into {outdir} ({args.method}, {config.nfe} model calls per face)"
+        + (f"; {todo.skipped} already done, skipped" if todo.skipped else ""),
+        file=sys.stderr,
+    )
+    _report_faces(record.images, record.run_id, args.max_faces)
+    if todo.failures:
+        print(f"{len(todo.failures)} input(s) failed:", file=sys.stderr)
+        for _, e in todo.failures:
+            print(f"  {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
-def _real(path: Path) -> Path:
-    """``path`` with every symlink followed (the entry itself too), as far as it exists."""
+@dataclass
+class _Todo:
+    """The run's inputs, checked before anything is written."""
+
+    jobs: list  # (input, output) pairs to restore
+    failures: list  # (input, message): inputs that failed, here or later in the run
+    skipped: int = 0  # outputs that exist (--skip-existing)
+    earlier: int = 0  # files left out: restore.json lists them as outputs of earlier runs
+
+
+def _collect(args: argparse.Namespace) -> _Todo:
+    """The (input, output) pairs of this run: one output name per input, never an input as
+    output, existing outputs refused, kept (--overwrite) or skipped (--skip-existing)."""
+    from odedit.imageio import ImageError, list_images
+
     try:
-        return path.resolve()
-    except (OSError, RuntimeError):
-        return path.absolute()
-
-
-def _drop_earlier_outputs(files: list[Path], inputs: list[str], outdir: Path) -> tuple[list[Path], int]:
-    """Leave out the files of an input folder that is the output folder itself and that its
-    restore.json lists as outputs of earlier runs: a rerun into the input folder
-    (``odedit restore same -o same``) must not take its own results for photos. Files named
-    explicitly are kept (and then refused by :func:`_refuse_outputs_that_are_inputs`).
-    Returns the kept files and how many were left out."""
-    target = _real(outdir)
-    if not any(Path(i).is_dir() and _real(Path(i)) == target for i in inputs):
-        return files, 0
-    images = _load_sidecar(outdir / SIDECAR).get("images")
-    listed = {target / str(name) for name in images} if isinstance(images, dict) else set()
-    explicit = {_location(Path(i)) for i in inputs if not Path(i).is_dir()}
-    kept = [f for f in files if _location(f) not in listed or _location(f) in explicit]
-    return kept, len(files) - len(kept)
+        files = list_images(args.inputs)
+    except (FileNotFoundError, ImageError) as err:
+        raise CLIError(str(err)) from None
+    outdir = Path(args.output)
+    with _manifest_errors():
+        files, earlier = manifest.drop_earlier_outputs(files, args.inputs, outdir)
+    todo = _Todo(jobs=[], failures=[], earlier=earlier)
+    out_names: dict[str, Path] = {}
+    for f in files:
+        name = f.stem + ".png"
+        if name in out_names:
+            todo.failures.append((str(f), f"{f}: output name {name} already taken by {out_names[name]}"))
+            continue
+        out_names[name] = f
+        todo.jobs.append((f, outdir / name))
+    _refuse_outputs_that_are_inputs(todo.jobs, files)  # whatever the flags: an input is never replaced
+    if args.skip_existing:
+        before = len(todo.jobs)
+        todo.jobs = [(f, o) for f, o in todo.jobs if not o.exists()]
+        todo.skipped = before - len(todo.jobs)
+    existing = [str(o) for _, o in todo.jobs if o.exists()]
+    if existing and not args.overwrite:
+        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        raise CLIError(
+            f"outputs exist: {', '.join(existing[:3])}{more}; pass --overwrite to replace them "
+            "or --skip-existing to resume"
+        )
+    return todo
 
 
 def _refuse_outputs_that_are_inputs(jobs: list[tuple[Path, Path]], files: list[Path]) -> None:
     """CLIError if an output path is, or resolves to, an input file: the same path (relative or
     absolute, through symlinks) or the same file (a hard link, a name differing in case on a
     case-insensitive file system). Checked before anything is written, whatever the flags."""
-    by_path = {_real(f): f for f in files}
+    by_path = {real_path(f): f for f in files}
     by_id = {}
     for f in files:
         try:
@@ -263,7 +347,7 @@ def _refuse_outputs_that_are_inputs(jobs: list[tuple[Path, Path]], files: list[P
         by_id[(st.st_dev, st.st_ino)] = f
     clashes = []
     for _, dst in jobs:
-        hit = by_path.get(_real(dst))
+        hit = by_path.get(real_path(dst))
         if hit is None:
             try:
                 st = dst.stat()
@@ -281,118 +365,27 @@ def _refuse_outputs_that_are_inputs(jobs: list[tuple[Path, Path]], files: list[P
         )
 
 
-def _load_sidecar(path: Path) -> dict:
-    import json
+def _prepare(outdir: Path, todo: _Todo, nfe: int) -> Path:
+    """Create the output folder, clear a killed run's temps and say what was left out."""
+    from odedit.imageio import remove_stale_temps
 
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise CLIError(f"{path} exists but is not valid JSON; move it away or pick another output folder")
-    return data if isinstance(data, dict) else {}
-
-
-def _merge_sidecar(path: Path, ours: dict) -> None:
-    """Merge this run's entries into OUTDIR/restore.json under an exclusive lock on OUTDIR,
-    so that two ``odedit restore`` processes writing into one folder keep each other's entries."""
-    try:
-        with _folder_lock(path.parent):
-            current = _load_sidecar(path)
-            current.setdefault("runs", {}).update(ours["runs"])
-            current.setdefault("images", {}).update(ours["images"])
-            write_json_atomic(path, current)
-    except OSError as err:
-        raise CLIError(f"cannot write {path}: {err.strerror or err}") from None
-
-
-class _folder_lock:
-    """flock on the folder itself (POSIX; leaves no lock file behind). Without fcntl (Windows)
-    there is no cross-process lock: use one process per output folder there."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.fd = None
-
-    def __enter__(self):
-        try:
-            import fcntl
-        except ImportError:
-            return self
-        self.fd = os.open(self.folder, os.O_RDONLY)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            os.close(self.fd)  # releases the lock
-
-
-def run(args: argparse.Namespace) -> int:
-    """``odedit restore``; SIGTERM stops it like Ctrl-C (the run is recorded as interrupted)."""
-    with sigterm_as_interrupt():
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-    from tqdm import tqdm
-
-    from odedit.imageio import ImageError, list_images, load_image_uint8, save_png_atomic
-    from odedit.imageio import remove_stale_temps, uint8_to_unit, unit_to_uint8
-    from odedit.models import ModelLoadError, compile_model, load_model, model_identity
-    from odedit.provenance import code_identity
-    from odedit.detect import too_small_for_detection
-    from odedit.faces import finish_photo, plan_photo, uses_detection
-    from odedit.restorers import Restorer
-
-    # 1. Validate everything cheap before loading the model.
-    try:
-        config = build_config(args)
-    except ValueError as err:
-        raise CLIError(str(err)) from None
-    if args.overwrite and args.skip_existing:
-        raise CLIError("--overwrite and --skip-existing exclude each other")
-    try:
-        files = list_images(args.inputs)
-    except (FileNotFoundError, ImageError) as err:
-        raise CLIError(str(err)) from None
-    outdir = Path(args.output)
-    files, earlier = _drop_earlier_outputs(files, args.inputs, outdir)
-    out_names: dict[str, Path] = {}
-    failures: list[tuple[str, str]] = []
-    jobs: list[tuple[Path, Path]] = []
-    for f in files:
-        name = f.stem + ".png"
-        if name in out_names:
-            failures.append((str(f), f"{f}: output name {name} already taken by {out_names[name]}"))
-            continue
-        out_names[name] = f
-        jobs.append((f, outdir / name))
-    _refuse_outputs_that_are_inputs(jobs, files)  # whatever the flags: an input is never replaced
-    skipped = 0
-    if args.skip_existing:
-        before = len(jobs)
-        jobs = [(f, o) for f, o in jobs if not o.exists()]
-        skipped = before - len(jobs)
-    existing = [str(o) for _, o in jobs if o.exists()]
-    if existing and not args.overwrite:
-        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
-        raise CLIError(
-            f"outputs exist: {', '.join(existing[:3])}{more}; pass --overwrite to replace them "
-            "or --skip-existing to resume"
-        )
     outdir = prepare_outdir(outdir)
     stale = remove_stale_temps(outdir)  # left by a killed run; never another live writer's
     if stale:
         print(f"removed {len(stale)} temp file(s) of an interrupted run from {outdir}", file=sys.stderr)
-    if earlier:
-        print(f"left out {earlier} file(s) of {outdir} that {SIDECAR} lists as outputs of earlier runs",
+    if todo.earlier:
+        print(f"left out {todo.earlier} file(s) of {outdir} that {SIDECAR} lists as outputs of earlier runs",
               file=sys.stderr)
-    if config.nfe > LONG_RUN_CALLS:
-        print(f"note: {config.nfe:,} model calls per face (the light preset makes 300): this run will take "
+    if nfe > LONG_RUN_CALLS:
+        print(f"note: {nfe:,} model calls per face (the light preset makes 300): this run will take "
               "long; Ctrl-C stops it and --skip-existing resumes it", file=sys.stderr)
+    return outdir
+
+
+def _load_restorer(args: argparse.Namespace, config):
+    """(restorer, device, dtype): the model of --model on --device in --dtype (compiled with --compile)."""
+    from odedit.models import ModelLoadError, compile_model, load_model
+    from odedit.restorers import Restorer
 
     device = resolve_device(args.device)
     dtype = torch_dtype(args.dtype, device)
@@ -402,219 +395,154 @@ def _run(args: argparse.Namespace) -> int:
         raise CLIError(str(err)) from None
     if args.compile:
         model = compile_model(model)
-    restorer = Restorer(model, config)  # the config's type picks the algorithm
-    size = model.sample_size
+    return Restorer(model, config), device, dtype  # the config's type picks the algorithm
 
-    # 2. Sidecar: settings of this run + per-image seeds, merged with earlier runs' entries.
-    sidecar_path = outdir / SIDECAR
-    _load_sidecar(sidecar_path)  # an unreadable sidecar stops the run before any work
-    sidecar: dict = {"runs": {}, "images": {}}  # this run's entries; merged into the file on each write
-    # a random tag: two runs (processes or calls) may start in the same second with the same seed
-    run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{args.seed}-{secrets.token_hex(3)}"
-    sidecar["runs"][run_id] = {
-        **code_identity(),  # odedit_version, git_commit, git_dirty
-        "method": args.method,
-        "config": config.to_dict(),
-        "model": model_identity(args.model),
-        "image_size": size,
-        "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."),
-        "dtype_requested": args.dtype,
-        "compile": args.compile,
-        "base_seed": args.seed,
-        "fit": args.fit,
-        "keep_size": args.keep_size,
-        "skipped_existing": skipped,
-        "faces": args.faces,
-        "max_faces": args.max_faces,
-        "min_face_score": args.min_face_score,
-        "upsampler": args.upsampler,
-        "paste_mask": args.paste_mask,
-        "fidelity": args.fidelity,
-        "match_colour": args.match_colour,
-        "command": sys.argv,
-    }
-    images_meta = sidecar["images"]
 
-    # 3. Restore batch by batch; a bad file is reported and skipped. A whole photo becomes
-    #    one crop per detected face; it is written once all its faces are back.
-    nfe = config.nfe
-    show = not args.quiet
-    counts = {"restored": 0, "no_face": 0}
-    bar = tqdm(total=len(jobs), desc="images", unit="img", disable=not show, file=sys.stderr)
-    pending: list[tuple[_Item, int]] = []  # (photo, index of its crop)
-    tools: dict = {}
+def _options(args: argparse.Namespace):
+    from odedit.pipeline import PipelineOptions
 
-    def detector():
-        if "detector" not in tools:
-            from odedit.detect import DetectorUnavailable, FaceDetector
+    return PipelineOptions(
+        seed=args.seed, batch_size=args.batch_size, faces=args.faces, max_faces=args.max_faces,
+        min_face_score=args.min_face_score, fit=args.fit, keep_size=args.keep_size, paste_mask=args.paste_mask,
+        upsampler=args.upsampler, fidelity=args.fidelity, match_colour=args.match_colour,
+    )
 
-            try:
-                tools["detector"] = FaceDetector(min_score=args.min_face_score)
-            except DetectorUnavailable as err:
-                raise CLIError(f"{err} (or pass --faces aligned for pre-aligned crops)") from None
-        return tools["detector"]
 
-    def upsampler():
-        if "upsampler" not in tools:
-            from odedit.upsample import UpsamplerError, make_upsampler
+def _detector_factory(args: argparse.Namespace):
+    def make():
+        from odedit.detect import DetectorUnavailable, FaceDetector
 
-            try:
-                tools["upsampler"] = make_upsampler(args.upsampler, device=str(device))
-            except UpsamplerError as err:
-                raise CLIError(str(err)) from None
-        return tools["upsampler"]
-
-    def mesh():
-        """The face mesh for the faces' outlines, or False (keypoint ellipses) where it cannot load."""
-        if "mesh" not in tools:
-            from odedit.facemask import mesh_or_none
-
-            tools["mesh"] = mesh_or_none() or False
-        return tools["mesh"]
-
-    def status(text: str) -> None:  # what the run is doing now, after the bar (big photos take seconds a stage)
-        if show:
-            bar.set_postfix_str(text)
-
-    def finish(item: "_Item") -> None:
-        pasting = (lambda i, n: status(f"{item.src.name}: pasting face {i + 1}/{n}"))
-        result, info = finish_photo(item.job, item.results, upsampler, keep_size=args.keep_size, fit=args.fit,
-                                    progress=pasting, fidelity=args.fidelity, match_colour=args.match_colour)
-        entry = {
-            "input": str(item.src),
-            "seed": item.job.seeds[0] if item.job.seeds else image_seed(args.seed, item.src.name),
-            "run": run_id,
-            "input_size": [int(item.job.photo.shape[1]), int(item.job.photo.shape[0])],
-            "mode": info["mode"],
-            "status": info["status"],
-        }
-        if info["mode"] == "faces" and info["faces"]:
-            entry["upsampler"] = getattr(tools["upsampler"], "name", args.upsampler)
-            entry["faces"] = info["faces"]
-        if info["mode"] == "faces":
-            entry["faces_left_out"] = info["faces_left_out"]  # found beyond --max-faces, not restored
-        if "no_face_reason" in info:
-            entry["no_face_reason"] = info["no_face_reason"]
         try:
-            save_png_atomic(item.dst, result)
-        except OSError as err:
-            if err.errno in NAME_ERRNOS:  # this name only (too long for the file system, ...)
-                failures.append((str(item.src), f"{item.src}: cannot write {item.dst}: {err.strerror or err}"))
-                bar.update(1)
-                return
-            # read-only folder, full disk, ...: every later write would fail too
-            raise CLIError(f"cannot write {item.dst}: {err.strerror or err}") from None
-        entry["output_size"] = [int(result.shape[1]), int(result.shape[0])]
-        images_meta[item.dst.name] = entry
-        counts["no_face" if entry["status"] != "restored" else "restored"] += 1
-        if show and entry["mode"] == "faces":
-            tqdm.write(photo_line(item.src.name, entry), file=sys.stderr)
-        status("")
-        bar.update(1)
+            return FaceDetector(min_score=args.min_face_score)
+        except DetectorUnavailable as err:
+            raise CLIError(f"{err} (or pass --faces aligned for pre-aligned crops)") from None
 
-    def flush() -> None:
-        if not pending:
-            return
-        batch = np.stack([item.job.crops[k] for item, k in pending])
-        gens = [torch.Generator(device=device).manual_seed(item.job.seeds[k]) for item, k in pending]
-        status(f"restoring {len(pending)} face(s)")
-        steps = tqdm(total=nfe, desc="model calls", leave=False, disable=not show, file=sys.stderr)
+    return make
+
+
+def _upsampler_factory(args: argparse.Namespace, device):
+    def make():
+        from odedit.upsample import UpsamplerError, make_upsampler
+
         try:
-            out, diverged = restorer.restore_with_status(uint8_to_unit(batch), generator=gens, callback=steps.update)
-        finally:  # on Ctrl-C too: clear its line, so that the message after it gets a line of its own
-            steps.close()
-        # One host sync per batch, after sampling: a diverged restoration (NaN/inf or far out of
-        # range, e.g. a huge --step-size) is an error for its image, never written as a result.
-        finite = (~diverged).tolist()
-        done_items = []
-        for (item, k), result, ok in zip(pending, unit_to_uint8(out), finite):
-            item.results[k] = result
-            if not ok:
-                item.bad = True
-            if k == len(item.job.crops) - 1:
-                done_items.append(item)
-        pending.clear()
-        for item in done_items:
-            if item.bad:
-                failures.append((str(item.src), f"{item.src}: the restoration diverged (non-finite or far out-of-range values); "
-                                 "lower --step-size or --temperature"))
-                bar.update(1)
-                continue
-            finish(item)
-        _merge_sidecar(sidecar_path, sidecar)
+            return make_upsampler(args.upsampler, device=str(device))
+        except UpsamplerError as err:
+            raise CLIError(str(err)) from None
 
-    def restore_all() -> None:
-        if args.faces == "auto" and args.upsampler != "lanczos":
-            upsampler()  # a model that cannot load fails now, not after the first restoration
-        for src, dst in jobs:
-            status(f"{src.name}: reading")
+    return make
+
+
+@contextlib.contextmanager
+def _manifest_errors():
+    """restore.json cannot be read or written: a one-line error."""
+    try:
+        yield
+    except manifest.ManifestError as err:
+        raise CLIError(str(err)) from None
+
+
+class _Input(NamedTuple):
+    """One input file, as the pipeline takes it: (name, photo, ...)."""
+
+    name: str
+    photo: object  # (H, W, 3) uint8
+    src: Path
+    dst: Path
+
+
+class _Files:
+    """The command's side of the pipeline: reads the inputs, writes the outputs and their
+    restore.json entries, shows the progress (the pipeline's :class:`odedit.pipeline.Progress`)."""
+
+    def __init__(self, args: argparse.Namespace, todo: _Todo, record):
+        from tqdm import tqdm
+
+        self.todo, self.record = todo, record
+        self.show = not args.quiet
+        self.counts = {"restored": 0, "no_face": 0}
+        self.bar = tqdm(total=len(todo.jobs), desc="images", unit="img", disable=not self.show, file=sys.stderr)
+
+    def run(self, pipeline) -> None:
+        """Every input through ``pipeline``; restore.json records what was done however the run ends."""
+        try:
+            with _manifest_errors(), pipeline:
+                for item, result, info in pipeline.run(self.inputs()):
+                    self.write(item, result, info)
+        except BaseException as err:  # stopped (unwritable output, ...) or interrupted: record what was done
+            self.bar.close()
+            if isinstance(err, KeyboardInterrupt):
+                self.record.end("interrupted", self.todo.failures)
+            else:
+                error = str(err) if isinstance(err, CLIError) else f"{type(err).__name__}: {err}"
+                self.record.end("stopped", self.todo.failures, error)
+            with contextlib.suppress(manifest.ManifestError):  # as far as the disk allows; the original error is the one to show
+                self.record.save()
+            raise
+        self.bar.close()
+        self.record.end("complete", self.todo.failures)
+        with _manifest_errors():
+            self.record.save()
+
+    def inputs(self) -> Iterator[_Input]:
+        """The inputs, read one at a time as the pipeline asks; a bad file is reported and skipped."""
+        from odedit.imageio import ImageError, load_image_uint8
+
+        for src, dst in self.todo.jobs:
+            self.status(f"{src.name}: reading")
             try:
                 image = load_image_uint8(src)
             except ImageError as err:
-                failures.append((str(src), str(err)))
-                bar.update(1)
+                self.fail(src, str(err))
                 continue
-            seeds = (lambda i, name=src.name: face_seed(args.seed, name, i))
-            searched = uses_detection(args.faces, image.shape, size) and not too_small_for_detection(image.shape)
-            if searched:
-                status(f"{src.name}: detecting faces")
-            job = plan_photo(image, size, seeds, faces_mode=args.faces, detector=detector() if searched else None,
-                             max_faces=args.max_faces, fit=args.fit, paste_mask=args.paste_mask,
-                             mesh=mesh() if searched and args.paste_mask == "face" else False)
-            item = _Item(src=src, dst=dst, job=job, results=[None] * len(job.crops))
-            if not job.crops:  # a photo without a detected face
-                finish(item)
-                continue
-            for k in range(len(job.crops)):
-                pending.append((item, k))
-                if len(pending) == args.batch_size:
-                    flush()
-        flush()
+            yield _Input(src.name, image, src, dst)
 
-    def record_end(status: str, error: str | None = None) -> None:
-        """This run's outcome in its restore.json entry: status, error, failures, photos without a face."""
-        entry = sidecar["runs"][run_id]
-        entry["status"] = status
-        if error is not None:
-            entry["error"] = error
-        entry["failures"] = [{"input": f, "error": e} for f, e in failures]
-        entry["no_face"] = sorted(
-            e["input"] for e in images_meta.values() if e.get("run") == run_id and e.get("status") != "restored"
-        )
+    def write(self, item: _Input, result, info: dict) -> None:
+        """Write one output atomically and record it; a name the file system refuses fails alone."""
+        from odedit import imageio
+        from odedit.pipeline import DIVERGED
 
-    try:
-        restore_all()
-    except BaseException as err:  # stopped (unwritable output, ...) or interrupted: record what was done
-        bar.close()
-        if isinstance(err, KeyboardInterrupt):
-            record_end("interrupted")
-        else:
-            record_end("stopped", str(err) if isinstance(err, CLIError) else f"{type(err).__name__}: {err}")
-        with contextlib.suppress(CLIError):  # as far as the disk allows; the original error is the one to show
-            _merge_sidecar(sidecar_path, sidecar)
-        raise
-    finally:
-        if "detector" in tools:
-            tools["detector"].close()
-        if tools.get("mesh"):
-            tools["mesh"].close()
-    bar.close()
-    record_end("complete")
-    _merge_sidecar(sidecar_path, sidecar)
+        if info["status"] == DIVERGED:  # an error for its image, never written as a result
+            return self.fail(item.src, f"{item.src}: {DIVERGED_MESSAGE}")
+        entry = manifest.image_entry(str(item.src), self.record.run_id, info, result.shape)
+        try:
+            imageio.save_png_atomic(item.dst, result)
+        except OSError as err:
+            if err.errno in NAME_ERRNOS:  # this name only (too long for the file system, ...)
+                return self.fail(item.src, f"{item.src}: cannot write {item.dst}: {err.strerror or err}")
+            # read-only folder, full disk, ...: every later write would fail too
+            raise CLIError(f"cannot write {item.dst}: {err.strerror or err}") from None
+        self.record.add_image(item.dst.name, entry)
+        self.counts["no_face" if entry["status"] != "restored" else "restored"] += 1
+        if self.show and entry["mode"] == "faces":
+            self.bar.write(photo_line(item.src.name, entry), file=sys.stderr)
+        self.status("")
+        self.bar.update(1)
 
-    print(
-        f"restored {counts['restored']} image(s) into {outdir} ({args.method}, {nfe} model calls per face)"
-        + (f"; {skipped} already done, skipped" if skipped else ""),
-        file=sys.stderr,
-    )
-    _report_faces(images_meta, run_id, args.max_faces)
-    if failures:
-        print(f"{len(failures)} input(s) failed:", file=sys.stderr)
-        for _, e in failures:
-            print(f"  {e}", file=sys.stderr)
-        return 1
-    return 0
+    def fail(self, src: Path, message: str) -> None:
+        self.todo.failures.append((str(src), message))
+        self.bar.update(1)
+
+    def status(self, text: str) -> None:
+        """What the run is doing now, after the bar (a big photo takes seconds a stage)."""
+        if self.show:
+            self.bar.set_postfix_str(text)
+
+    # the pipeline's Progress hooks
+    def stage(self, stage) -> None:
+        self.status(str(stage))
+
+    @contextlib.contextmanager
+    def restoring(self, crops: int, calls: int):
+        from tqdm import tqdm
+
+        steps = tqdm(total=calls, desc="model calls", leave=False, disable=not self.show, file=sys.stderr)
+        try:
+            yield steps.update
+        finally:  # on Ctrl-C too: clear its line, so that the message after it gets a line of its own
+            steps.close()
+
+    def batch_done(self) -> None:
+        self.record.save()  # a batch's outputs are on disk: so are their entries
 
 
 def _and(words: list) -> str:
@@ -664,19 +592,3 @@ def _report_faces(images_meta: dict, run_id: str, max_faces: int) -> None:
         for e in crowded:
             n, left = len(e["faces"]), e["faces_left_out"]
             print(f"  {e['input']}: {n + left} faces found, {n} restored, {left} left out", file=sys.stderr)
-
-
-@dataclass
-class _Item:
-    """One input file on its way through the batch loop."""
-
-    src: Path
-    dst: Path
-    job: "object"  # odedit.faces.PhotoJob: the crops, their seeds and the detected faces
-    results: list = field(default_factory=list)  # restored crops, filled by flush()
-    bad: bool = False  # a crop's restoration diverged
-
-
-def face_seed(base_seed: int, name: str, index: int) -> int:
-    """Seed of face ``index`` of a photo: face 0 gets the file's own seed (as a crop would)."""
-    return image_seed(base_seed, name if index == 0 else f"{name}#face{index}")
