@@ -252,3 +252,48 @@ def test_choices_come_from_the_tables(tmp_path, capsys):
     assert restore_cli.build_config(args) == ODEditConfig.from_preset("light")
     args = parser.parse_args(["restore", "x.png", "-o", "y", "--method", "sdedit", "--steps", "20"])
     assert restore_cli.build_config(args) == SDEditConfig(steps=20, strength=0.5, eta=1.0)
+
+
+def test_help_opens_with_whole_photos_then_crops():
+    parser = argparse.ArgumentParser()
+    restore_cli.add_parser(parser.add_subparsers())
+    text = parser._subparsers._group_actions[0].choices["restore"].format_help()
+    description = text[text.index("Restore degraded"):]
+    whole = description.index("Whole photos (--faces auto, the default)")
+    crops = description.index("Aligned face crops")
+    assert whole < crops < description.index("Methods:")
+    assert description.index("paste") < crops  # detect, restore, paste back: before the crops
+
+
+def test_a_long_run_says_how_long_and_what_is_faster(tiny_model, faces, tmp_path, monkeypatch, capsys):
+    """No timing here: the estimate is replaced; what it was asked for and the note's words are checked."""
+    asked = []
+
+    def estimate(seconds_per_call, calls, faces, batch):
+        asked.append((calls, faces, batch))
+        return 2 * 3600 + 10 * 60
+
+    monkeypatch.setattr(restore_cli, "estimate_seconds", estimate)
+    assert run_cli([str(faces), "-o", str(tmp_path / "o"), "--model", str(tiny_model), *FAST, "--batch-size", "2"]) == 0
+    err = capsys.readouterr().err
+    assert asked == [(112, 5, 2)]  # once, on the first batch: 5 aligned faces, 2 at a time, 112 calls each
+    note = "note: this run will take about 2 hours 10 minutes on this machine (5 images, 112 model calls per face"
+    assert note in err
+    assert "Faster: --preset fast (80 model calls per face instead of 112)" in err
+    assert "--batch-size 8" in err and "--skip-existing resumes it" in err
+
+    monkeypatch.setattr(restore_cli, "estimate_seconds", lambda *a: 9 * 60.0)  # under 10 minutes: nothing said
+    assert run_cli([str(faces), "-o", str(tmp_path / "p"), "--model", str(tiny_model), *FAST]) == 0
+    assert "will take" not in capsys.readouterr().err
+
+
+def test_long_run_words():
+    assert restore_cli.plain_duration(30) == "about 1 minute"
+    assert restore_cli.plain_duration(25 * 60 + 10) == "about 25 minutes"
+    assert restore_cli.plain_duration(3600 + 4 * 60) == "about 1 hour"
+    assert restore_cli.plain_duration(2 * 3600 + 9 * 60) == "about 2 hours 10 minutes"
+    assert restore_cli.plain_duration(3 * 86400) == "about 3 days"
+    assert restore_cli.estimate_seconds(0.5, 80, 17, 8) == 0.5 * 80 * 3  # 3 batches of up to 8
+    note = restore_cli.long_run_note(3000, photos=4, faces=6.4, calls=300, tips=[])
+    assert note.startswith("note: this run will take about 50 minutes on this machine (4 images, about 6 faces, 300")
+    assert "Faster" not in note

@@ -47,7 +47,7 @@ def str_list(text: str) -> tuple[str, ...]:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "bench",
-        help="benchmark ODEdit vs SDEdit on degraded faces (PSNR, SSIM, LPIPS, SWD, FID)",
+        help="benchmark ODEdit vs SDEdit on degraded faces (PSNR, SSIM, LPIPS, SWD, FID, ID)",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -24,6 +24,7 @@ MAX_LANGEVIN_STEPS = 10_000  # per level
 MAX_FACES = 1000  # per photo
 MAX_BATCH_SIZE = 4096
 LONG_RUN_CALLS = 10_000  # model calls per face above which a run is announced (light: 300)
+LONG_RUN_SECONDS = 10 * 60  # an estimated restoring time above which a run says so, with faster options
 
 
 def ranged(kind: Callable[[str], Any], lo=None, hi=None, lo_open=False, hi_open=False):

@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 from odedit import manifest
 
 from odedit.cli.common import (
     LONG_RUN_CALLS,
+    LONG_RUN_SECONDS,
     MAX_BATCH_SIZE,
     MAX_FACES,
     MAX_STEPS,
@@ -33,33 +36,36 @@ from odedit.fidelity import DEFAULT_FIDELITY, DEFAULT_MATCH_COLOUR
 from odedit.manifest import SIDECAR, real_path
 
 DESCRIPTION = """\
-Restore degraded face images with a diffusion prior.
+Restore degraded face photos with a diffusion prior.
 
-ODEdit (default) maps each image to the diffusion latent with the DDIM ODE (no noise),
-then refines the latent with Langevin steps at a few levels while decoding (Algorithm 1
-of the ODEdit paper). SDEdit injects noise to a level (--strength) and denoises
-stochastically. More Langevin updates remove more noise and mask lines and smooth the
-face more: with the embedded prior light is the best over all corruptions, medium on noisy
-or masked faces, and heavy smooths too much on all (measured with --solver dpm++2m
---steps 20: docs/results.md).
-
-Inputs: files and/or folders (folders: the images directly inside). Any Pillow-readable
-image and mode is accepted: RGBA is composited over white, greyscale and 16-bit images
-become 8-bit RGB. Images are resized to the model's square resolution (--fit stretch:
-whole frame, Lanczos; --fit crop: central square first). Outputs are PNGs with the same
-base names at the model's resolution, or at the input's size with --keep-size. The
-resolved settings, model and per-image seeds are saved to OUTDIR/restore.json.
-
-Whole photos (--faces auto, the default): each face is found with mediapipe's bundled
+Whole photos (--faces auto, the default): every face is found with mediapipe's bundled
 detector (pip install 'odedit[faces]'), aligned to the prior's frame by a similarity
 transform from its keypoints, restored, upscaled (ODEdit+: --upsampler, Lanczos by
 default) and blended back with a feathered mask of the face alone (--paste-mask): hair,
 background and clothes keep their pixels; the output is the whole photo at its own size.
-Inputs already at the model's size are taken as aligned crops. A photo with no face is
-copied through unchanged and reported; so is one under 32 px a side, which is not
-searched. Faces beyond --max-faces are counted and reported. --faces aligned restores
-every input as an aligned crop (the behaviour above). A line per photo says how many faces
-were found, their sizes, the upscaling and the stages run (not with --quiet).
+A photo with no face is copied through unchanged and reported; so is one under 32 px a
+side, which is not searched. Faces beyond --max-faces are counted and reported. A line per
+photo says how many faces were found, their sizes, the upscaling and the stages run (not
+with --quiet).
+
+Aligned face crops (--faces aligned, or any input already at the model's size): the whole
+image is the face. It is resized to the model's square resolution (--fit stretch: whole
+frame, Lanczos; --fit crop: central square first) and restored; the output is at the
+model's resolution, or at the input's size with --keep-size.
+
+Inputs: files and/or folders (folders: the images directly inside). Any Pillow-readable
+image and mode is accepted: RGBA is composited over white, greyscale and 16-bit images
+become 8-bit RGB. Outputs are PNGs with the same base names. The resolved settings, model
+and per-image seeds are saved to OUTDIR/restore.json. A run that will take over 10 minutes
+says so after its first model calls, with its estimate and the options that would be faster.
+
+Methods: ODEdit (default) maps each face to the diffusion latent with the DDIM ODE (no
+noise), then refines the latent with Langevin steps at a few levels while decoding
+(Algorithm 1 of the ODEdit paper). SDEdit (--method sdedit) injects noise to a level
+(--strength) and denoises stochastically. More Langevin updates remove more noise and mask
+lines and smooth the face more: with the embedded prior light is the best over all
+corruptions, medium on noisy or masked faces, and heavy smooths too much on all (measured
+with --solver dpm++2m --steps 20: docs/results.md). --preset fast is the quickest ODEdit.
 """
 
 
@@ -268,7 +274,10 @@ def _run(args: argparse.Namespace) -> int:
 
     # 3. The pipeline: a whole photo becomes one crop per detected face, crops are restored in
     #    batches across files, and a photo is written once all its faces are back.
-    files = _Files(args, todo, record)
+    long_run = _LongRunCheck(
+        len(todo.jobs), config.nfe, lambda faces: faster_options(args, config, device, dtype, faces)
+    )
+    files = _Files(args, todo, record, long_run)
     pipeline = Pipeline(restorer, options, detector=_detector_factory(args), upsampler=_upsampler_factory(args, device),
                         progress=files, device=device)
     files.run(pipeline)
@@ -454,11 +463,12 @@ class _Files:
     """The command's side of the pipeline: reads the inputs, writes the outputs and their
     restore.json entries, shows the progress (the pipeline's :class:`odedit.pipeline.Progress`)."""
 
-    def __init__(self, args: argparse.Namespace, todo: _Todo, record):
+    def __init__(self, args: argparse.Namespace, todo: _Todo, record, long_run: _LongRunCheck | None = None):
         from tqdm import tqdm
 
-        self.todo, self.record = todo, record
+        self.todo, self.record, self.long_run = todo, record, long_run
         self.show = not args.quiet
+        self.read = 0  # inputs read so far (the long-run estimate's faces per photo)
         self.counts = {"restored": 0, "no_face": 0}
         self.bar = tqdm(total=len(todo.jobs), desc="images", unit="img", disable=not self.show, file=sys.stderr)
 
@@ -494,6 +504,7 @@ class _Files:
             except ImageError as err:
                 self.fail(src, str(err))
                 continue
+            self.read += 1
             yield _Input(src.name, image, src, dst)
 
     def write(self, item: _Input, result, info: dict) -> None:
@@ -536,13 +547,125 @@ class _Files:
         from tqdm import tqdm
 
         steps = tqdm(total=calls, desc="model calls", leave=False, disable=not self.show, file=sys.stderr)
+        timer = self.long_run.timer(crops, calls, self.read) if self.long_run is not None else None
+
+        def update(k: int) -> None:
+            steps.update(k)
+            if timer is not None:
+                timer(k)
+
         try:
-            yield steps.update
+            yield update
         finally:  # on Ctrl-C too: clear its line, so that the message after it gets a line of its own
             steps.close()
 
     def batch_done(self) -> None:
         self.record.save()  # a batch's outputs are on disk: so are their entries
+
+
+# ---- a run that will take long says so ---------------------------------------------------------
+
+TIMED_CALLS = 4  # model calls timed for the estimate, after the first (which may warm up or compile)
+
+
+def estimate_seconds(seconds_per_call: float, calls: int, faces: float, batch: int) -> float:
+    """The run's restoring time: ``calls`` model calls of ``seconds_per_call`` per batch of up
+    to ``batch`` faces, for ``faces`` faces in all (reading, pasting and writing aside)."""
+    return seconds_per_call * calls * math.ceil(faces / max(batch, 1))
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def plain_duration(seconds: float) -> str:
+    """``seconds`` in words: 'about 25 minutes', 'about 2 hours 10 minutes', 'about 3 days'."""
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return "about " + _count(max(minutes, 1), "minute")
+    if seconds < 48 * 3600:
+        hours, minutes = divmod(round(seconds / 600) * 10, 60)  # to the nearest 10 minutes
+        return "about " + _count(hours, "hour") + (f" {minutes} minutes" if minutes else "")
+    return "about " + _count(round(seconds / 86400), "day")
+
+
+def faster_options(args: argparse.Namespace, config, device, dtype, faces: float) -> list[str]:
+    """The flags that would make this run faster on this machine, each with why, for ``faces`` faces."""
+    import torch
+
+    from odedit.devices import cpu_has_fast_bf16
+    from odedit.restorers import ODEditConfig
+
+    tips = []
+    if isinstance(config, ODEditConfig):
+        fast = ODEditConfig.from_preset("fast").nfe
+        if config.nfe > fast:
+            tips.append(f"--preset fast ({fast} model calls per face instead of {config.nfe:,})")
+    if torch.device(device).type == "cpu":
+        if torch.cuda.is_available():
+            tips.append("--device cuda (this machine has a GPU)")
+        bf16_hardware = cpu_has_fast_bf16()
+        if bf16_hardware and dtype != torch.bfloat16:
+            tips.append("--dtype auto (bfloat16: this CPU has bf16 hardware, 1.4-4x faster per model call)")
+        elif not bf16_hardware and dtype != torch.float32:
+            tips.append("--dtype auto (float32: without bf16 hardware PyTorch's bfloat16 is far slower)")
+    if args.batch_size < 8 and faces > args.batch_size:
+        tips.append("--batch-size 8 (several faces per model call)")
+    if not args.compile and faces >= 30:
+        tips.append("--compile (1.13x on a CPU after a one-off compile; docs/performance.md)")
+    return tips
+
+
+def long_run_note(seconds: float, *, photos: int, faces: float, calls: int, tips: list[str]) -> str:
+    """The note of a run estimated to take ``seconds``: how long, what for, what is faster."""
+    faces_n = max(1, round(faces))
+    what = _count(photos, "image") + ("" if faces_n == photos else f", about {_count(faces_n, 'face')}")
+    lines = [
+        f"note: this run will take {plain_duration(seconds)} on this machine ({what}, {calls:,} model calls "
+        "per face; timed on its first model calls)."
+    ]
+    if tips:
+        lines.append("  Faster: " + "; ".join(tips) + ".")
+    lines.append("  Ctrl-C stops the run and --skip-existing resumes it.")
+    return "\n".join(lines)
+
+
+class _LongRunCheck:
+    """Times the first batch's model calls and, when the whole run will take over
+    :data:`LONG_RUN_SECONDS`, says so once on stderr (with --quiet too), naming the faster options."""
+
+    def __init__(self, photos: int, calls: int, tips: Callable[[float], list[str]]):
+        self.photos, self.calls, self.tips = photos, calls, tips
+        self.started = False
+
+    def timer(self, crops: int, calls: int, photos_read: int):
+        """The callback that times this batch's model calls: only the first batch's, and only
+        when it makes enough calls to time (None otherwise)."""
+        if self.started or calls < 3:
+            self.started = True
+            return None
+        self.started = True
+        window = min(TIMED_CALLS, calls - 1)
+        marks: list[float] = []
+
+        def tick(k: int) -> None:
+            if len(marks) > window:
+                return
+            marks.append(time.perf_counter())
+            if len(marks) == window + 1:
+                self._report((marks[-1] - marks[0]) / window, crops, photos_read)
+
+        return tick
+
+    def _report(self, seconds_per_call: float, crops: int, photos_read: int) -> None:
+        # Faces per photo as in the photos read so far (a photo without a face counts as 0).
+        faces = max(crops, crops * self.photos / max(photos_read, 1))
+        seconds = estimate_seconds(seconds_per_call, self.calls, faces, crops)
+        if seconds > LONG_RUN_SECONDS:
+            from tqdm import tqdm
+
+            note = long_run_note(seconds, photos=self.photos, faces=faces, calls=self.calls, tips=self.tips(faces))
+            tqdm.write(note, file=sys.stderr)
 
 
 def _and(words: list) -> str:
