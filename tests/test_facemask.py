@@ -201,7 +201,7 @@ def test_without_a_mesh_the_keypoint_ellipse_is_the_outline():
     assert face.outline_source == "keypoint_ellipse"
     kp_frame = align.apply(face.matrix, det.keypoints)
     assert (facemask.polygon_signed_distance(face.outline, kp_frame[:4]) > 0).all()  # eyes, nose, mouth inside
-    out, _ = paste_faces(photo, [face], [np.full((SIZE, SIZE, 3), 250, np.uint8)])
+    out, _ = paste_faces(photo, [face], [np.full((SIZE, SIZE, 3), 250, np.uint8)], fidelity=0.0, match_colour=False)
     outside, inside = frame_pixels_outside_outline(face, photo.shape, support_margin(face))
     assert outside.sum() > 5000 and (out[outside] == 100).all()
     assert (out[inside] == 250).all()

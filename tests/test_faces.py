@@ -314,7 +314,8 @@ def test_paste_faces_tops_up_a_fixed_factor_upsampler_with_lanczos(monkeypatch):
     real = A.paste_back
     monkeypatch.setattr("odedit.faces.align.paste_back", lambda p, f, m, s, **kw: seen.append(f.shape) or real(p, f, m, s, **kw))
     pipe = FakeUpscalePipeline()
-    out, factors = paste_faces(photo, [face], [np.full((16, 16, 3), 200, np.uint8)], DiffusersUpsampler(pipe))
+    out, factors = paste_faces(photo, [face], [np.full((16, 16, 3), 200, np.uint8)], DiffusersUpsampler(pipe),
+                               fidelity=0.0, match_colour=False)
     assert factors == [f] and len(pipe.calls) == 1 and seen == [(16 * f, 16 * f, 3)]
     assert out[90, 80, 0] == 200 and out[250, 250, 0] == 100  # frame centre; outside the frame
 

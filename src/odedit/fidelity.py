@@ -35,8 +35,8 @@ from __future__ import annotations
 import numpy as np
 
 # Defaults chosen by benchmarks/bench_whole_photo.py (docs/faces.md, "Whole-photo benchmark").
-DEFAULT_FIDELITY = 0.0
-DEFAULT_MATCH_COLOUR = False
+DEFAULT_FIDELITY = 1.0
+DEFAULT_MATCH_COLOUR = True
 _MAD_TO_SIGMA = 1.0 / 0.6745  # median |N(0, 1)| = 0.6745
 NOISE_MARGIN = 1.5  # chosen on the whole-photo benchmark between 1 (plain Wiener) and 2
 
