@@ -340,6 +340,29 @@ def test_cli_paste_mask_flag_and_photo_line(paste, tiny_unet_dir, tmp_path, caps
     assert line in err
 
 
+@needs_detector
+def test_cli_fidelity_and_colour_flags_reach_the_paste_and_restore_json(tiny_unet_dir, tmp_path):
+    """--fidelity 0 --no-match-colour gives the plain upsampled paste; the defaults (fidelity 1,
+    colour match) give another picture; restore.json records what ran, per run and per face."""
+    from odedit.fidelity import DEFAULT_FIDELITY, DEFAULT_MATCH_COLOUR
+
+    photo = small_face_photo()
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    base = [str(tmp_path / "photo.png"), "--model", str(tiny_unet_dir), "--steps", "6", "--method", "sdedit"]
+    results = {}
+    for name, extra in (("plain", ["--fidelity", "0", "--no-match-colour"]), ("default", [])):
+        out = tmp_path / name
+        assert run_cli([*base, "-o", str(out), *extra]) == 0
+        meta = json.loads((out / "restore.json").read_text())
+        (run,) = meta["runs"].values()
+        (face,) = meta["images"]["photo.png"]["faces"]
+        want = (0.0, False) if name == "plain" else (DEFAULT_FIDELITY, DEFAULT_MATCH_COLOUR)
+        assert (run["fidelity"], run["match_colour"]) == want == (face["fidelity"], face["match_colour"])
+        results[name] = np.asarray(Image.open(out / "photo.png")).astype(int)
+    assert np.abs(results["plain"] - results["default"]).mean() > 0.05
+    assert np.array_equal(results["plain"][:96, :96], results["default"][:96, :96])  # outside the face: input
+
+
 def test_photo_line_wording():
     from odedit.cli.restore import photo_line
 

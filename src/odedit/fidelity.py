@@ -32,6 +32,8 @@ masks are (h, w) float32 in [0, 1]. Pure NumPy/torch functions; nothing here cli
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 # Defaults chosen by benchmarks/bench_whole_photo.py (docs/faces.md, "Whole-photo benchmark").
@@ -86,6 +88,7 @@ def noise_sigma(region: np.ndarray, mask: np.ndarray | None = None) -> float:
     return float(np.median(np.abs(hh)) * _MAD_TO_SIGMA)
 
 
+@functools.lru_cache(maxsize=64)  # one noise field per (region shape, factor), not per paste
 def noise_share_of_fine_band(shape: tuple[int, int], factor: float, seed: int = 0) -> float:
     """beta: the share of unit white noise's variance that lies in D = x - L(x).
 
@@ -97,17 +100,6 @@ def noise_share_of_fine_band(shape: tuple[int, int], factor: float, seed: int = 
     rng = np.random.default_rng(seed)
     n = rng.standard_normal((int(shape[0]), int(shape[1]), 1)).astype(np.float32)
     return float(np.var(n - lowpass(n, factor)))
-
-
-def _box_mean(x: np.ndarray, radius: int) -> np.ndarray:
-    """Mean over a (2r+1)^2 window, edges replicated; x (h, w) float64."""
-    if radius <= 0:
-        return x
-    k = 2 * radius + 1
-    p = np.pad(x, radius, mode="edge")
-    c = np.cumsum(np.cumsum(p, 0), 1)
-    c = np.pad(c, ((1, 0), (1, 0)))
-    return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) / (k * k)
 
 
 def detail_gain(
@@ -126,9 +118,11 @@ def detail_gain(
     """
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"detail weight must be in [0, 1], got {weight}")
+    from scipy.ndimage import uniform_filter
+
     energy = np.mean(np.asarray(fine_input, dtype=np.float64) ** 2, axis=2)
     radius = max(2, int(round(factor)))
-    local = _box_mean(energy, radius)
+    local = uniform_filter(energy, 2 * radius + 1, mode="nearest")
     noise = margin * beta * sigma * sigma
     g = np.clip(1.0 - noise / np.maximum(local, 1e-12), 0.0, 1.0)
     return (weight * g).astype(np.float32)[..., None]
@@ -162,7 +156,7 @@ def keep_input_detail(
     fine_p = p - lowpass(p, factor)
     fine_r = r - lowpass(r, factor)
     sigma = noise_sigma(p, mask)
-    beta = noise_share_of_fine_band(p.shape[:2], factor)
+    beta = noise_share_of_fine_band(tuple(int(v) for v in p.shape[:2]), float(factor))
     g = detail_gain(fine_p, sigma, beta, factor, weight)
     return r + g * (fine_p - fine_r)
 
