@@ -378,7 +378,8 @@ def test_run_and_model_folders_with_250_byte_names(blobs, tmp_path):
     (odedit.atomic), so training, checkpoints, resume and exports work, and no temp is left."""
     from odedit.models import load_model
     from odedit.training import export_model
-    from odedit.training.checkpoints import _truncate_log, _write_json_atomic
+    from odedit.atomic import write_json_atomic
+    from odedit.training.checkpoints import _truncate_log
     from odedit.unets import DEFAULT_SCHEDULER_CONFIG, build_unet
 
     run = tmp_path / ("R" * 250)
@@ -392,7 +393,7 @@ def test_run_and_model_folders_with_250_byte_names(blobs, tmp_path):
     assert json.loads((model / "odedit_train.json").read_text()) == {"step": 2}
     assert load_model(model).sample_size == 16
     sidecar, log = tmp_path / ("J" * 245 + ".json"), tmp_path / ("L" * 244 + ".jsonl")
-    _write_json_atomic(sidecar, {"a": 1})
+    write_json_atomic(sidecar, {"a": 1})
     log.write_text('{"step": 1}\n{"step": 2}\n')
     _truncate_log(log, 1)
     assert json.loads(sidecar.read_text()) == {"a": 1} and log.read_text() == '{"step": 1}\n'

@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from odedit.atomic import make_temp_dir, write_text_atomic
+from odedit.atomic import make_temp_dir, write_json_atomic, write_text_atomic
 from odedit.training.config import TrainError
 from odedit.unets import save_model
 
@@ -47,11 +47,6 @@ def list_checkpoints(out: os.PathLike | str) -> list[Path]:
 def latest_checkpoint(out: os.PathLike | str) -> Optional[Path]:
     ckpts = list_checkpoints(out)
     return ckpts[-1] if ckpts else None
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    """Write JSON atomically (short temp name, :func:`odedit.atomic.write_text_atomic`)."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

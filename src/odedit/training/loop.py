@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from odedit.atomic import write_json_atomic
 from odedit.data import EpochStream, ImageArrayDataset, batch_to_model_space, load_dataset, mix_seed
 from odedit.schedule import NoiseSchedule
 from odedit.training.checkpoints import (
@@ -41,7 +42,6 @@ from odedit.training.checkpoints import (
     _read_json,
     _replace_dir,
     _truncate_log,
-    _write_json_atomic,
     export_model,
     latest_checkpoint,
     list_checkpoints,
@@ -449,7 +449,7 @@ class _Run:
         if self.main:
             out.mkdir(parents=True, exist_ok=True)
             (out / "samples").mkdir(exist_ok=True)
-            _write_json_atomic(out / TRAIN_CONFIG, {"config": cfg_dict, "resolved": resolved})
+            write_json_atomic(out / TRAIN_CONFIG, {"config": cfg_dict, "resolved": resolved})
             _truncate_log(out / LOG_FILE, self.start_step if ckpt else 0)
         self.accelerator.wait_for_everyone()
         self.say(
@@ -524,7 +524,7 @@ class _Run:
         accelerator.wait_for_everyone()
         if main:
             saved_at = time.strftime("%Y-%m-%dT%H:%M:%S")
-            _write_json_atomic(tmp / TRAINER_STATE, dict(self.state.state_dict(), saved_at=saved_at))
+            write_json_atomic(tmp / TRAINER_STATE, dict(self.state.state_dict(), saved_at=saved_at))
             _replace_dir(tmp, final)
             for old in list_checkpoints(self.out)[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
