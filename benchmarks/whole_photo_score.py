@@ -28,6 +28,11 @@ VARIANTS = {
     "face-lanczos-detail0.5": dict(mask="face", upsampler="lanczos", detail=0.5, colour=False),
     "face-realesrgan": dict(mask="face", upsampler="realesrgan", detail=0.0, colour=False),
     "face-realesrgan-detail": dict(mask="face", upsampler="realesrgan", detail=1.0, colour=False),
+    # Session 9: the coarse band gated too (odedit.fidelity.restoration_share), margin m.
+    "gate-global-m1": dict(mask="face", upsampler="lanczos", detail=1.0, colour=True, low="global", margin=1.0),
+    "gate-global-m2": dict(mask="face", upsampler="lanczos", detail=1.0, colour=True, low="global", margin=2.0),
+    "gate-local-m1": dict(mask="face", upsampler="lanczos", detail=1.0, colour=True, low="local", margin=1.0),
+    "gate-local-m2": dict(mask="face", upsampler="lanczos", detail=1.0, colour=True, low="local", margin=2.0),
 }
 
 
@@ -97,7 +102,8 @@ def finish(variant: dict, deg: np.ndarray, dets, restored, upsamplers, mesh, fac
     if faces is None:
         faces = cut_faces(deg, dets, 64, mesh=mesh)
     out, _ = paste_faces(deg, faces, restored, upsamplers[variant["upsampler"]], mask=variant["mask"],
-                         fidelity=variant["detail"], match_colour=variant["colour"])
+                         fidelity=variant["detail"], match_colour=variant["colour"],
+                         low_band=variant.get("low", "off"), low_margin=variant.get("margin", 1.0))
     return out
 
 

@@ -135,3 +135,57 @@ def test_paste_faces_with_fidelity_changes_only_pixels_inside_the_mask():
     assert np.abs(kept[inside].astype(int) - plain[inside]).mean() > 1.0  # the fine band came back
     with pytest.raises(ValueError, match="fidelity"):
         paste_faces(photo, [face], restored, fidelity=2.0)
+
+
+# --- the coarse band: keep the restoration's change only where the input's noise explains it ---
+
+
+def _prior_error(h=96, w=96, seed=7, amp=12.0):
+    """A smooth change a weak prior makes to a clean face (coarse band, frame resolution)."""
+    return _smooth_image(h, w, seed) - 128 + amp * np.sin(np.mgrid[0:h, 0:w][1] / 9.0)[..., None]
+
+
+@pytest.mark.parametrize("low_band", ["global", "local"])
+@pytest.mark.parametrize("factor", [1.0, 4.0])
+def test_a_clean_input_comes_back_almost_unchanged(low_band, factor):
+    """Clean input, restoration = input + the prior's own error: with w = 1 the gate refuses the
+    change (no noise explains it), so the result is close to the input; with 'off' it is not."""
+    clean = _detailed_image()
+    restored = clean + _prior_error()
+    mask = np.ones(clean.shape[:2], np.float32)
+    kept = F.keep_input(restored, clean, factor, 1.0, mask=mask, colour=False, low_band=low_band)
+    off = F.keep_input(restored, clean, factor, 1.0, mask=mask, colour=False, low_band="off")
+    assert _psnr(kept, clean) > 40
+    assert _psnr(kept, clean) > _psnr(off, clean) + 10
+
+
+@pytest.mark.parametrize("low_band", ["global", "local"])
+@pytest.mark.parametrize("factor", [1.0, 2.0])
+def test_a_noisy_input_keeps_the_restorations_denoising(low_band, factor):
+    """Noisy input, restoration = the clean face (a perfect denoiser): the change is all noise,
+    so the gate keeps it: the result is far nearer the clean face than the input is."""
+    clean = _smooth_image(128, 128)
+    noisy = clean + np.random.default_rng(5).normal(0, 25, clean.shape).astype(np.float32)
+    mask = np.ones(clean.shape[:2], np.float32)
+    kept = F.keep_input(clean, noisy, factor, 1.0, mask=mask, colour=False, low_band=low_band)
+    assert _psnr(kept, clean) > _psnr(noisy, clean) + 8
+
+
+def test_keep_input_weight_zero_is_the_colour_matched_restoration():
+    r, p = _smooth_image(), _detailed_image() + 9.0
+    mask = np.ones(r.shape[:2], np.float32)
+    assert np.array_equal(F.keep_input(r, p, 4.0, 0.0, mask=mask, colour=False), r)
+    assert np.allclose(F.keep_input(r, p, 4.0, 0.0, mask=mask, colour=True), F.match_colour(r, p, mask))
+    with pytest.raises(ValueError, match="low band mode"):
+        F.keep_input(r, p, 4.0, 1.0, mask=mask, low_band="sometimes")
+    with pytest.raises(ValueError, match="fidelity"):
+        F.keep_input(r, p, 4.0, 1.5, mask=mask)
+
+
+def test_keep_input_with_the_gate_off_is_the_fine_band_split():
+    """low_band='off' reduces to keep_input_detail (the session-8 default, colour aside)."""
+    clean = _detailed_image()
+    restored = F.lowpass(clean, 4.0) + _prior_error()
+    a = F.keep_input(restored, clean, 4.0, 1.0, mask=None, colour=False, low_band="off")
+    b = F.keep_input_detail(restored, clean, 4.0, 1.0)
+    assert np.allclose(a, b, atol=1e-3)

@@ -128,6 +128,8 @@ def paste_faces(
     masks_info: Optional[list] = None,
     fidelity: float = fidelity_mod.DEFAULT_FIDELITY,
     match_colour: bool = fidelity_mod.DEFAULT_MATCH_COLOUR,
+    low_band: str = fidelity_mod.DEFAULT_LOW_BAND,
+    low_margin: float = fidelity_mod.LOW_MARGIN,
 ) -> tuple[np.ndarray, list[int]]:
     """Upsample each restored frame to photo scale and blend it in with a feathered mask.
 
@@ -159,7 +161,7 @@ def paste_faces(
         if big.shape[0] < want:  # e.g. a fixed x4 model asked for x10: Lanczos for the rest
             big = resize_to(big, want, want)
         alpha, info = paste_mask(face, big.shape[0], mask)
-        refine = _refiner(1.0 / align.scale_of(face.matrix), fidelity, match_colour)
+        refine = _refiner(1.0 / align.scale_of(face.matrix), fidelity, match_colour, low_band, low_margin)
         out = align.paste_back(out, big, face.matrix, face.size, mask=alpha, refine=refine)
         factors.append(factor)
         if masks_info is not None:
@@ -167,16 +169,16 @@ def paste_faces(
     return out, factors
 
 
-def _refiner(factor: float, fidelity: float, match_colour: bool):
+def _refiner(factor: float, fidelity: float, match_colour: bool, low_band: str, low_margin: float):
     """The photo-space step of :func:`paste_faces` for one face (None when there is none)."""
     if not 0.0 <= fidelity <= 1.0:
         raise ValueError(f"fidelity must be in [0, 1], got {fidelity}")
-    if (fidelity == 0.0 or factor <= 1.0) and not match_colour:
+    if fidelity == 0.0 and not match_colour:
         return None
 
     def refine(face_region: np.ndarray, photo_region: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-        out = fidelity_mod.keep_input_detail(face_region, photo_region, factor, fidelity, mask=alpha)
-        return fidelity_mod.match_colour(out, photo_region, alpha) if match_colour else out
+        return fidelity_mod.keep_input(face_region, photo_region, factor, fidelity, mask=alpha,
+                                       colour=match_colour, low_band=low_band, low_margin=low_margin)
 
     return refine
 

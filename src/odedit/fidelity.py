@@ -161,6 +161,98 @@ def keep_input_detail(
     return r + g * (fine_p - fine_r)
 
 
+LOW_BANDS = ("off", "global", "local")
+DEFAULT_LOW_BAND = "off"  # until measured (benchmarks/bench_whole_photo.py)
+LOW_MARGIN = 1.0
+
+
+def restoration_share(
+    change: np.ndarray,
+    sigma_low: float,
+    mode: str,
+    factor: float,
+    mask: np.ndarray | None = None,
+    margin: float = LOW_MARGIN,
+) -> np.ndarray | float:
+    """h: how much of the restoration's change to the coarse band to keep, in [0, 1].
+
+    The change d = L(R) - L(P) the prior made to the band the frame holds has two sources: the
+    input's own noise there (variance sigma_low^2, which the restoration should remove) and the
+    prior's error (which it should not add: a weak or wrong prior changes a clean face too). The
+    share of d's variance that the input's noise explains is the share of d worth keeping:
+
+        h = clip(m * sigma_low^2 / var(d), 0, 1)
+
+    ``global``: var(d) over the face mask, one h per face; ``local``: var(d) over a window of
+    about two frame pixels, so a change the noise cannot explain (an erased pair of glasses, a
+    new eye) is refused where it happens; ``off``: h = 1 (the restoration's coarse band as is).
+
+    Args:
+        change: (h, w, 3) d, grey levels. sigma_low: the input's noise std in the coarse band.
+        factor: photo px per frame px (the window's scale). mask: (h, w) for ``global``.
+    Returns:
+        a float (``off``, ``global``) or an (h, w, 1) float32 array (``local``).
+    """
+    if mode not in LOW_BANDS:
+        raise ValueError(f"low band mode must be one of {LOW_BANDS}, got {mode!r}")
+    if mode == "off":
+        return 1.0
+    energy = np.mean(np.asarray(change, dtype=np.float64) ** 2, axis=2)
+    noise = margin * sigma_low * sigma_low
+    if mode == "global":
+        m = np.ones_like(energy) if mask is None else np.asarray(mask, dtype=np.float64)
+        var = float((energy * m).sum() / max(m.sum(), 1e-12))
+        return float(np.clip(noise / max(var, 1e-12), 0.0, 1.0))
+    from scipy.ndimage import uniform_filter
+
+    radius = max(2, int(round(2 * max(factor, 1.0))))
+    local = uniform_filter(energy, 2 * radius + 1, mode="nearest")
+    return np.clip(noise / np.maximum(local, 1e-12), 0.0, 1.0).astype(np.float32)[..., None]
+
+
+def keep_input(
+    restored: np.ndarray,
+    photo: np.ndarray,
+    factor: float,
+    weight: float = DEFAULT_FIDELITY,
+    mask: np.ndarray | None = None,
+    colour: bool = DEFAULT_MATCH_COLOUR,
+    low_band: str = DEFAULT_LOW_BAND,
+    low_margin: float = LOW_MARGIN,
+) -> np.ndarray:
+    """F = L(P) + H (L(R') - L(P)) + D(R') + G (D(P) - D(R')): what the pasted face keeps of the input.
+
+    R' = R colour-matched to P (when ``colour``). Coarse band: the restoration's change is kept
+    in the share H = 1 - w (1 - h) (:func:`restoration_share`); fine band: the input's detail where it
+    is signal, gain G = w g (:func:`detail_gain`). With w = 0 this is R' itself; with w = 1 and a
+    clean input it is (close to) P itself: a good photo does not come back worse.
+
+    Args / returns: as :func:`keep_input_detail`; at ``factor <= 1`` the whole region is the
+    coarse band.
+    """
+    r = np.asarray(restored, dtype=np.float32)
+    p = np.asarray(photo, dtype=np.float32)
+    if r.shape != p.shape:
+        raise ValueError(f"restored {r.shape} and photo {p.shape} regions differ")
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"fidelity must be in [0, 1], got {weight}")
+    if colour and mask is not None:
+        r = match_colour(r, p, mask)
+    if weight == 0.0:
+        return r.copy()
+    low_p, low_r = lowpass(p, factor), lowpass(r, factor)
+    sigma = noise_sigma(p, mask)
+    beta = noise_share_of_fine_band(tuple(int(v) for v in p.shape[:2]), float(max(factor, 1.0)))
+    h = restoration_share(low_r - low_p, sigma * np.sqrt(1.0 - beta), low_band, factor, mask, low_margin)
+    share = 1.0 - weight * (1.0 - h)
+    out = low_p + share * (low_r - low_p)
+    if factor > 1.0:
+        fine_p, fine_r = p - low_p, r - low_r
+        g = detail_gain(fine_p, sigma, beta, factor, weight)
+        out = out + fine_r + g * (fine_p - fine_r)
+    return out.astype(np.float32)
+
+
 def match_colour(restored: np.ndarray, photo: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Shift each channel of ``restored`` so its mask-weighted mean equals ``photo``'s.
 
