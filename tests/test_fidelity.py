@@ -68,10 +68,10 @@ def test_noise_share_of_fine_band_matches_the_ideal_split():
 
 def test_weight_zero_or_small_faces_return_the_restoration():
     r, p = _smooth_image(), _detailed_image()
-    assert np.array_equal(F.keep_input_detail(r, p, 4.0, 0.0), r)
-    assert np.array_equal(F.keep_input_detail(r, p, 1.0, 1.0), r)
+    assert np.array_equal(F.keep_input(r, p, 4.0, 0.0, colour=False, low_band="off"), r)
+    assert np.array_equal(F.keep_input(r, p, 1.0, 1.0, colour=False, low_band="off"), r)
     with pytest.raises(ValueError, match="shape|differ"):
-        F.keep_input_detail(r[:10], p, 4.0, 1.0)
+        F.keep_input(r[:10], p, 4.0, 1.0, colour=False, low_band="off")
     with pytest.raises(ValueError, match="weight"):
         F.detail_gain(p, 1.0, 0.5, 4.0, 1.5)
 
@@ -81,7 +81,7 @@ def test_a_clean_input_gets_its_detail_back():
     the result is close to the input (the fine band is the input's), with w = 0 it is not."""
     clean = _detailed_image()
     restored = F.lowpass(clean, 4.0)
-    kept = F.keep_input_detail(restored, clean, 4.0, 1.0)
+    kept = F.keep_input(restored, clean, 4.0, 1.0, colour=False, low_band="off")
     assert _psnr(kept, clean) > _psnr(restored, clean) + 10
     assert _psnr(kept, clean) > 35
 
@@ -91,7 +91,7 @@ def test_a_noisy_input_keeps_little_of_its_fine_band():
     clean = _smooth_image(128, 128)
     noisy = clean + np.random.default_rng(5).normal(0, 25, clean.shape).astype(np.float32)
     restored = F.lowpass(clean, 4.0)
-    kept = F.keep_input_detail(restored, noisy, 4.0, 1.0)
+    kept = F.keep_input(restored, noisy, 4.0, 1.0, colour=False, low_band="off")
     naive = restored + (noisy - F.lowpass(noisy, 4.0)) - (restored - F.lowpass(restored, 4.0))
     assert _psnr(kept, clean) > _psnr(naive, clean) + 5
     assert _psnr(kept, clean) > _psnr(noisy, clean) + 10
@@ -183,9 +183,10 @@ def test_keep_input_weight_zero_is_the_colour_matched_restoration():
 
 
 def test_keep_input_with_the_gate_off_is_the_fine_band_split():
-    """low_band='off' reduces to keep_input_detail (the session-8 default, colour aside)."""
+    """low_band='off' reduces to F = R + G (D(P) - D(R)) (the session-8 default, colour aside)."""
     clean = _detailed_image()
     restored = F.lowpass(clean, 4.0) + _prior_error()
     a = F.keep_input(restored, clean, 4.0, 1.0, mask=None, colour=False, low_band="off")
-    b = F.keep_input_detail(restored, clean, 4.0, 1.0)
-    assert np.allclose(a, b, atol=1e-3)
+    fine_p, fine_r = clean - F.lowpass(clean, 4.0), restored - F.lowpass(restored, 4.0)
+    g = F.detail_gain(fine_p, F.noise_sigma(clean), F.noise_share_of_fine_band(clean.shape[:2], 4.0), 4.0, 1.0)
+    assert np.allclose(a, restored + g * (fine_p - fine_r), atol=1e-3)

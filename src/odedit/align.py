@@ -241,7 +241,7 @@ def paste_back(
         mask: (r, r) float in [0, 1] in face coordinates; default :func:`feather_mask`.
         refine: ``refine(face_region, photo_region, alpha) -> face_region``, applied to the face
             once it is warped into photo space, before blending (float32 (h, w, 3) 0..255 regions
-            of the frame's bounding box, alpha (h, w)): e.g. :func:`odedit.fidelity.keep_input_detail`.
+            of the frame's bounding box, alpha (h, w)): e.g. :func:`odedit.fidelity.keep_input`.
     Pixels where the warped mask is 0 (everything outside the face frame) are returned
     bit-identical to ``photo``.
     """

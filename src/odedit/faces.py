@@ -137,7 +137,7 @@ def paste_faces(
         mask: ``face`` (default): the face only, hair, background and clothes keep the photo's
             pixels exactly; ``frame``: the whole frame (see :func:`paste_mask`).
         fidelity: w in [0, 1], how much of the input's detail finer than the model frame the
-            face keeps where it is signal, not noise (:func:`odedit.fidelity.keep_input_detail`;
+            face keeps where it is signal, not noise (:func:`odedit.fidelity.keep_input`;
             0 = the upsampled restoration alone). No effect on faces at or below frame size.
         match_colour: move the pasted face's mean colour to the input's
             (:func:`odedit.fidelity.match_colour`).

@@ -102,6 +102,14 @@ def noise_share_of_fine_band(shape: tuple[int, int], factor: float, seed: int = 
     return float(np.var(n - lowpass(n, factor)))
 
 
+def _local_energy(x: np.ndarray, radius: int) -> np.ndarray:
+    """(h, w) float64: the channel-mean of x^2 averaged over a (2 radius + 1)^2 window."""
+    from scipy.ndimage import uniform_filter
+
+    energy = np.mean(np.asarray(x, dtype=np.float64) ** 2, axis=2)
+    return uniform_filter(energy, 2 * radius + 1, mode="nearest")
+
+
 def detail_gain(
     fine_input: np.ndarray, sigma: float, beta: float, factor: float, weight: float, margin: float = NOISE_MARGIN
 ) -> np.ndarray:
@@ -118,47 +126,10 @@ def detail_gain(
     """
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"detail weight must be in [0, 1], got {weight}")
-    from scipy.ndimage import uniform_filter
-
-    energy = np.mean(np.asarray(fine_input, dtype=np.float64) ** 2, axis=2)
-    radius = max(2, int(round(factor)))
-    local = uniform_filter(energy, 2 * radius + 1, mode="nearest")
+    local = _local_energy(fine_input, max(2, int(round(factor))))
     noise = margin * beta * sigma * sigma
     g = np.clip(1.0 - noise / np.maximum(local, 1e-12), 0.0, 1.0)
     return (weight * g).astype(np.float32)[..., None]
-
-
-def keep_input_detail(
-    restored: np.ndarray,
-    photo: np.ndarray,
-    factor: float,
-    weight: float = DEFAULT_FIDELITY,
-    mask: np.ndarray | None = None,
-) -> np.ndarray:
-    """F = R + G * (D(P) - D(R)): the restored region with the input's fine band where it is signal.
-
-    Args:
-        restored: (h, w, 3) float, R: the restored face warped to photo space (0..255).
-        photo: (h, w, 3) uint8 or float, P: the input over the same pixels.
-        factor: photo px per frame px (1 / :func:`odedit.align.scale_of` of the photo -> frame
-            matrix). At or below 1 the frame already holds every band: ``restored`` comes back.
-        weight: w in [0, 1] (0 = the restoration as upsampled).
-        mask: (h, w) the face mask, where the noise level is measured (None: everywhere).
-    Returns:
-        (h, w, 3) float32, not clipped.
-    """
-    r = np.asarray(restored, dtype=np.float32)
-    p = np.asarray(photo, dtype=np.float32)
-    if r.shape != p.shape:
-        raise ValueError(f"restored {r.shape} and photo {p.shape} regions differ")
-    if factor <= 1.0 or weight == 0.0:
-        return r.copy()
-    fine_p = p - lowpass(p, factor)
-    fine_r = r - lowpass(r, factor)
-    sigma = noise_sigma(p, mask)
-    beta = noise_share_of_fine_band(tuple(int(v) for v in p.shape[:2]), float(factor))
-    g = detail_gain(fine_p, sigma, beta, factor, weight)
-    return r + g * (fine_p - fine_r)
 
 
 LOW_BANDS = ("off", "global", "local")
@@ -197,16 +168,13 @@ def restoration_share(
         raise ValueError(f"low band mode must be one of {LOW_BANDS}, got {mode!r}")
     if mode == "off":
         return 1.0
-    energy = np.mean(np.asarray(change, dtype=np.float64) ** 2, axis=2)
     noise = margin * sigma_low * sigma_low
     if mode == "global":
+        energy = np.mean(np.asarray(change, dtype=np.float64) ** 2, axis=2)
         m = np.ones_like(energy) if mask is None else np.asarray(mask, dtype=np.float64)
         var = float((energy * m).sum() / max(m.sum(), 1e-12))
         return float(np.clip(noise / max(var, 1e-12), 0.0, 1.0))
-    from scipy.ndimage import uniform_filter
-
-    radius = max(2, int(round(2 * max(factor, 1.0))))
-    local = uniform_filter(energy, 2 * radius + 1, mode="nearest")
+    local = _local_energy(change, max(2, int(round(2 * max(factor, 1.0)))))
     return np.clip(noise / np.maximum(local, 1e-12), 0.0, 1.0).astype(np.float32)[..., None]
 
 
@@ -227,8 +195,17 @@ def keep_input(
     is signal, gain G = w g (:func:`detail_gain`). With w = 0 this is R' itself; with w = 1 and a
     clean input it is (close to) P itself: a good photo does not come back worse.
 
-    Args / returns: as :func:`keep_input_detail`; at ``factor <= 1`` the whole region is the
-    coarse band.
+    Args:
+        restored: (h, w, 3) float, R: the restored face warped to photo space (0..255).
+        photo: (h, w, 3) uint8 or float, P: the input over the same pixels.
+        factor: photo px per frame px (1 / :func:`odedit.align.scale_of` of the photo -> frame
+            matrix); at or below 1 the whole region is the coarse band.
+        weight: w in [0, 1] (0 = the restoration as upsampled).
+        mask: (h, w) the face mask: where the noise level and colour are measured.
+        colour: match R's mean colour to P's first (:func:`match_colour`).
+        low_band, low_margin: see :func:`restoration_share`.
+    Returns:
+        (h, w, 3) float32, not clipped.
     """
     r = np.asarray(restored, dtype=np.float32)
     p = np.asarray(photo, dtype=np.float32)
