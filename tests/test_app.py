@@ -172,8 +172,15 @@ def test_app_in_a_real_browser(app_server, tmp_path):
         page.goto(app_server, wait_until="domcontentloaded")
         wait("page renders", page.locator("#restore"), timeout=60_000)
 
-        # 1. A face photo: restore, wait, fetch the download, check it.
-        page.locator("#upload input[type=file]").set_input_files(str(FACE))
+        # 1. A noisy face photo: restore, wait, fetch the download, check it. (Noisy: on a clean
+        # photo the coarse-band gate rightly refuses an untrained model's change.)
+        rng = np.random.default_rng(0)
+        src = np.asarray(Image.open(FACE).convert("RGB"))
+        noisy_path = tmp_path / "upload" / FACE.name
+        noisy_path.parent.mkdir()
+        Image.fromarray(np.clip(src + rng.normal(0, 25, src.shape), 0, 255).astype(np.uint8)).save(noisy_path, quality=98)
+        src = np.asarray(Image.open(noisy_path).convert("RGB"))
+        page.locator("#upload input[type=file]").set_input_files(str(noisy_path))
         wait("first upload shows its name", shown(FACE.name), timeout=120_000)
         page.locator("#restore").click()
         wait("restore finishes", page.locator("#status").get_by_text("Restored"), timeout=180_000)
@@ -182,7 +189,6 @@ def test_app_in_a_real_browser(app_server, tmp_path):
         url = href if href.startswith("http") else app_server + href
         body = page.request.get(url).body()
         out = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
-        src = np.asarray(Image.open(FACE).convert("RGB"))
         assert out.shape == src.shape  # the whole photo comes back at its size
         assert np.abs(out.astype(int) - src.astype(int)).mean() > 1.0  # and the face was changed
         commands = page.locator("#commands textarea").input_value()

@@ -58,7 +58,9 @@ def restore_whole(photo: np.ndarray, paste: str = "face", mesh=None):
     with FaceDetector() as det:
         job = plan_photo(photo, SIZE, lambda i: i, detector=det, paste_mask=paste, mesh=mesh)
     assert len(job.faces) == 1
-    result, info = finish_photo(job, [negative(c) for c in job.crops])
+    # the coarse-band gate off: these tests are about where the paste lands, and the gate
+    # (rightly) refuses most of a change this clean photo's noise cannot explain
+    result, info = finish_photo(job, [negative(c) for c in job.crops], low_band="off")
     return job.faces[0], result, info
 
 
@@ -343,24 +345,32 @@ def test_cli_paste_mask_flag_and_photo_line(paste, tiny_unet_dir, tmp_path, caps
 @needs_detector
 def test_cli_fidelity_and_colour_flags_reach_the_paste_and_restore_json(tiny_unet_dir, tmp_path):
     """--fidelity 0 --no-match-colour gives the plain upsampled paste; the defaults (fidelity 1,
-    colour match) give another picture; restore.json records what ran, per run and per face."""
-    from odedit.fidelity import DEFAULT_FIDELITY, DEFAULT_MATCH_COLOUR
+    colour match, local coarse-band gate) give another picture, and on this clean photo one
+    closer to the input than with --low-band off (an untrained model's change is refused);
+    restore.json records what ran, per run and per face."""
+    from odedit.fidelity import DEFAULT_FIDELITY, DEFAULT_LOW_BAND, DEFAULT_MATCH_COLOUR
 
+    assert DEFAULT_LOW_BAND == "local"
     photo = small_face_photo()
     Image.fromarray(photo).save(tmp_path / "photo.png")
     base = [str(tmp_path / "photo.png"), "--model", str(tiny_unet_dir), "--steps", "6", "--method", "sdedit"]
     results = {}
-    for name, extra in (("plain", ["--fidelity", "0", "--no-match-colour"]), ("default", [])):
+    runs = {"plain": (["--fidelity", "0", "--no-match-colour"], (0.0, False, DEFAULT_LOW_BAND)),
+            "default": ([], (DEFAULT_FIDELITY, DEFAULT_MATCH_COLOUR, DEFAULT_LOW_BAND)),
+            "gate_off": (["--low-band", "off"], (DEFAULT_FIDELITY, DEFAULT_MATCH_COLOUR, "off"))}
+    for name, (extra, want) in runs.items():
         out = tmp_path / name
         assert run_cli([*base, "-o", str(out), *extra]) == 0
         meta = json.loads((out / "restore.json").read_text())
         (run,) = meta["runs"].values()
         (face,) = meta["images"]["photo.png"]["faces"]
-        want = (0.0, False) if name == "plain" else (DEFAULT_FIDELITY, DEFAULT_MATCH_COLOUR)
-        assert (run["fidelity"], run["match_colour"]) == want == (face["fidelity"], face["match_colour"])
+        keys = ("fidelity", "match_colour", "low_band")
+        assert tuple(run[k] for k in keys) == want == tuple(face[k] for k in keys)
         results[name] = np.asarray(Image.open(out / "photo.png")).astype(int)
     assert np.abs(results["plain"] - results["default"]).mean() > 0.05
     assert np.array_equal(results["plain"][:96, :96], results["default"][:96, :96])  # outside the face: input
+    err = {name: np.abs(r - photo).mean() for name, r in results.items()}
+    assert err["default"] < 0.5 * err["gate_off"], err
 
 
 def test_photo_line_wording():

@@ -165,7 +165,10 @@ def test_options_are_checked_and_recorded():
         PipelineOptions(paste_mask="hair")
     with pytest.raises(ValueError, match="batch size"):
         PipelineOptions(batch_size=0)
+    with pytest.raises(ValueError, match="low band"):
+        PipelineOptions(low_band="coarse")
     assert PipelineOptions(seed=3).settings()["base_seed"] == 3
+    assert PipelineOptions(low_band="global").settings()["low_band"] == "global"
 
 
 def test_manifest_merges_runs_and_records_how_they_ended(tmp_path):

@@ -136,11 +136,14 @@ def paste_faces(
     Args:
         mask: ``face`` (default): the face only, hair, background and clothes keep the photo's
             pixels exactly; ``frame``: the whole frame (see :func:`paste_mask`).
-        fidelity: w in [0, 1], how much of the input's detail finer than the model frame the
-            face keeps where it is signal, not noise (:func:`odedit.fidelity.keep_input`;
-            0 = the upsampled restoration alone). No effect on faces at or below frame size.
+        fidelity: w in [0, 1], how much of the input the face keeps where the restoration's
+            change is not explained by the input's noise (:func:`odedit.fidelity.keep_input`;
+            0 = the upsampled restoration alone): its detail finer than the model frame where
+            it is signal, and, with ``low_band`` on, its coarse band too.
         match_colour: move the pasted face's mean colour to the input's
             (:func:`odedit.fidelity.match_colour`).
+        low_band, low_margin: the coarse-band gate (:func:`odedit.fidelity.restoration_share`):
+            ``local`` (default), ``global`` or ``off``.
         progress: ``progress(i, n)`` before face ``i`` of ``n`` is upsampled and pasted.
         masks_info: when given, each face's mask record (:func:`paste_mask`) is appended.
     Returns the new photo and the upsampling factor asked for each face.
@@ -272,6 +275,7 @@ def finish_photo(
     progress: Optional[Callable[[int, int], None]] = None,
     fidelity: float = fidelity_mod.DEFAULT_FIDELITY,
     match_colour: bool = fidelity_mod.DEFAULT_MATCH_COLOUR,
+    low_band: str = fidelity_mod.DEFAULT_LOW_BAND,
 ) -> tuple[np.ndarray, dict]:
     """Step 3 of the pipeline: the output image and what happened to it.
 
@@ -281,7 +285,7 @@ def finish_photo(
             is pasted, so a detector-only run never loads an upsampling model); None = Lanczos.
         keep_size: an aligned crop goes back to the input's own size (``unfit_square``).
         progress: ``progress(i, n)`` before face ``i`` of ``n`` is pasted back.
-        fidelity, match_colour: see :func:`paste_faces`.
+        fidelity, match_colour, low_band: see :func:`paste_faces`.
     Returns:
         (result, info): the whole photo with the faces pasted back (the photo unchanged when
         none was found: ``info['status'] == 'no_face_copied_unchanged'``, with
@@ -306,12 +310,13 @@ def finish_photo(
     up = upsampler if upsampler is None or hasattr(upsampler, "upsample") else upsampler()
     masks: list = []
     result, factors = paste_faces(job.photo, job.faces, list(restored), up, mask=job.paste_mask, progress=progress,
-                                  masks_info=masks, fidelity=fidelity, match_colour=match_colour)
+                                  masks_info=masks, fidelity=fidelity, match_colour=match_colour,
+                                  low_band=low_band)
     info = {
         "mode": "faces",
         "status": "restored",
         "faces": [{**f.to_dict(), "seed": s, "upsample_factor": k, **mi, "fidelity": fidelity,
-                   "match_colour": match_colour} for f, s, k, mi in zip(job.faces, job.seeds, factors, masks)],
+                   "match_colour": match_colour, "low_band": low_band} for f, s, k, mi in zip(job.faces, job.seeds, factors, masks)],
         "faces_left_out": job.faces_left_out,
     }
     return result, info

@@ -27,7 +27,7 @@ import numpy as np
 
 from odedit.detect import too_small_for_detection
 from odedit.faces import FACE_MODES, PASTE_MASKS, PhotoJob, finish_photo, plan_photo, uses_detection
-from odedit.fidelity import DEFAULT_FIDELITY, DEFAULT_MATCH_COLOUR
+from odedit.fidelity import DEFAULT_FIDELITY, DEFAULT_LOW_BAND, DEFAULT_MATCH_COLOUR, LOW_BANDS
 from odedit.imageio import uint8_to_unit, unit_to_uint8
 from odedit.rng import face_seed, generators_for
 
@@ -48,7 +48,7 @@ class PipelineOptions:
         fit, keep_size: how an aligned crop is made square, and whether it goes back to its size.
         paste_mask: ``face`` | ``frame`` (:data:`odedit.faces.PASTE_MASKS`).
         upsampler: the pipeline's own upsampler (:func:`odedit.upsample.make_upsampler`).
-        fidelity, match_colour: paste-time options (:func:`odedit.faces.paste_faces`).
+        fidelity, match_colour, low_band: paste-time options (:func:`odedit.faces.paste_faces`).
     """
 
     seed: int = 0
@@ -62,8 +62,11 @@ class PipelineOptions:
     upsampler: str = "lanczos"
     fidelity: float = DEFAULT_FIDELITY
     match_colour: bool = DEFAULT_MATCH_COLOUR
+    low_band: str = DEFAULT_LOW_BAND
 
     def __post_init__(self):
+        if self.low_band not in LOW_BANDS:
+            raise ValueError(f"low band mode must be one of {LOW_BANDS}, got {self.low_band!r}")
         if self.faces not in FACE_MODES:
             raise ValueError(f"faces mode must be one of {FACE_MODES}, got {self.faces!r}")
         if self.paste_mask not in PASTE_MASKS:
@@ -84,6 +87,7 @@ class PipelineOptions:
             "paste_mask": self.paste_mask,
             "fidelity": self.fidelity,
             "match_colour": self.match_colour,
+            "low_band": self.low_band,
         }
 
 
@@ -300,7 +304,8 @@ class Pipeline:
             self.progress.stage(Stage("paste", photo.name, i, n))
 
         result, done = finish_photo(job, photo.results, self.upsampler, keep_size=opts.keep_size, fit=opts.fit,
-                                    progress=pasting, fidelity=opts.fidelity, match_colour=opts.match_colour)
+                                    progress=pasting, fidelity=opts.fidelity, match_colour=opts.match_colour,
+                                    low_band=opts.low_band)
         info.update(done)
         if done["mode"] == "faces" and done["faces"]:
             info["upsampler"] = getattr(self.upsampler(), "name", opts.upsampler)

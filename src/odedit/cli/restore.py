@@ -32,7 +32,7 @@ from odedit.cli.common import (
     sigterm_as_interrupt,
     torch_dtype,
 )
-from odedit.fidelity import DEFAULT_FIDELITY, DEFAULT_MATCH_COLOUR
+from odedit.fidelity import DEFAULT_FIDELITY, DEFAULT_LOW_BAND, DEFAULT_MATCH_COLOUR, LOW_BANDS
 from odedit.manifest import SIDECAR, real_path
 
 DESCRIPTION = """\
@@ -177,9 +177,19 @@ def _add_photo_args(p: argparse.ArgumentParser) -> None:
         type=ranged(float, 0.0, 1.0),
         default=DEFAULT_FIDELITY,
         metavar="W",
-        help=f"0..1 (default {DEFAULT_FIDELITY:g}): how much of the photo's own detail finer than the model's "
-        "64 px a face larger than 64 px keeps, where it is detail rather than noise (1 = all of it, "
-        "0 = the upsampled restoration alone); no effect on faces of 64 px or less",
+        help=f"0..1 (default {DEFAULT_FIDELITY:g}): how much of the photo a pasted face keeps where the "
+        "restoration's change is not explained by the photo's noise: its detail finer than the model's 64 px "
+        "(where it is detail rather than noise) and, with --low-band on, its coarse band "
+        "(1 = all of it, 0 = the upsampled restoration alone)",
+    )
+    f.add_argument(
+        "--low-band",
+        choices=LOW_BANDS,
+        default=DEFAULT_LOW_BAND,
+        help=f"the coarse-band gate (default {DEFAULT_LOW_BAND}): keep the restoration's change to the face's "
+        "coarse band only where the photo's noise explains it, so a clean face comes back as it was; "
+        "local: per region (an erased pair of glasses is refused where it happens), global: one share per "
+        "face, off: the restoration's coarse band as is (more change, the old behaviour)",
     )
     f.add_argument(
         "--match-colour",
@@ -414,6 +424,7 @@ def _options(args: argparse.Namespace):
         seed=args.seed, batch_size=args.batch_size, faces=args.faces, max_faces=args.max_faces,
         min_face_score=args.min_face_score, fit=args.fit, keep_size=args.keep_size, paste_mask=args.paste_mask,
         upsampler=args.upsampler, fidelity=args.fidelity, match_colour=args.match_colour,
+        low_band=args.low_band,
     )
 
 
