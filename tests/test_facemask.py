@@ -337,8 +337,11 @@ def test_cli_paste_mask_flag_and_photo_line(paste, tiny_unet_dir, tmp_path, caps
     assert np.array_equal(result[:96, :96], photo[:96, :96])
     err = capsys.readouterr().err
     size = round(max(face["box"][2] - face["box"][0], face["box"][3] - face["box"][1]))
+    # a clean photo and an untrained model: the gate keeps little of the change, and the line says so
+    assert face["restoration_kept"] < 0.5
     line = (f"photo.png: 1 face ({size} px), x{face['upsample_factor']} upscale, stages: detect, restore, "
-            f"upsample(lanczos), paste({paste} mask)\n")
+            f"upsample(lanczos), paste({paste} mask); kept {round(100 * face['restoration_kept'])}% of the "
+            "restoration's change (the rest was not explained by the photo's noise; --low-band off keeps all of it)\n")
     assert line in err
 
 
@@ -384,6 +387,13 @@ def test_photo_line_wording():
         "stages: detect, restore, upsample(lanczos), paste(face mask, 1 from keypoints: no mesh)")
     assert photo_line("a.png", {"faces": [f(40, 1)], "faces_left_out": 0}) == (
         "a.png: 1 face (40 px), x1 upscale, stages: detect, restore, paste(face mask)")
+    assert photo_line("b.png", {"faces": [f(40, 1, restoration_kept=0.6)], "faces_left_out": 0}) == (
+        "b.png: 1 face (40 px), x1 upscale, stages: detect, restore, paste(face mask)")
+    assert photo_line("c.png", {"faces": [f(40, 1, restoration_kept=0.08), f(50, 1, restoration_kept=0.9)],
+                                "faces_left_out": 0}) == (
+        "c.png: 2 faces (40 px, 50 px), x1 and x1 upscale, stages: detect, restore, paste(face mask); kept 8% "
+        "and 90% of the restoration's change (the rest was not explained by the photo's noise; --low-band off "
+        "keeps all of it)")
     assert photo_line("w.png", {"faces": [], "no_face_reason": "20x20 px"}) == "w.png: no face found (too small to search), copied unchanged"
 
 

@@ -153,10 +153,12 @@ def test_a_clean_input_comes_back_almost_unchanged(low_band, factor):
     clean = _detailed_image()
     restored = clean + _prior_error()
     mask = np.ones(clean.shape[:2], np.float32)
-    kept = F.keep_input(restored, clean, factor, 1.0, mask=mask, colour=False, low_band=low_band)
-    off = F.keep_input(restored, clean, factor, 1.0, mask=mask, colour=False, low_band="off")
+    stats, stats_off = {}, {}
+    kept = F.keep_input(restored, clean, factor, 1.0, mask=mask, colour=False, low_band=low_band, stats=stats)
+    off = F.keep_input(restored, clean, factor, 1.0, mask=mask, colour=False, low_band="off", stats=stats_off)
     assert _psnr(kept, clean) > 40
     assert _psnr(kept, clean) > _psnr(off, clean) + 10
+    assert stats["restoration_kept"] < 0.1 and stats_off["restoration_kept"] == 1.0
 
 
 @pytest.mark.parametrize("low_band", ["global", "local"])
@@ -167,8 +169,10 @@ def test_a_noisy_input_keeps_the_restorations_denoising(low_band, factor):
     clean = _smooth_image(128, 128)
     noisy = clean + np.random.default_rng(5).normal(0, 25, clean.shape).astype(np.float32)
     mask = np.ones(clean.shape[:2], np.float32)
-    kept = F.keep_input(clean, noisy, factor, 1.0, mask=mask, colour=False, low_band=low_band)
+    stats = {}
+    kept = F.keep_input(clean, noisy, factor, 1.0, mask=mask, colour=False, low_band=low_band, stats=stats)
     assert _psnr(kept, clean) > _psnr(noisy, clean) + 8
+    assert stats["restoration_kept"] > 0.7
 
 
 def test_keep_input_weight_zero_is_the_colour_matched_restoration():

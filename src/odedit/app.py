@@ -218,6 +218,21 @@ def save_result(image: np.ndarray, name: str) -> str:
     return path
 
 
+def result_note(name: str, result: np.ndarray, info: dict) -> str:
+    """The status line the page shows after a run (Markdown); it says when the coarse-band gate
+    kept the photo's own pixels for most of a face (:data:`odedit.fidelity.LOW_KEPT`)."""
+    from odedit.fidelity import LOW_KEPT
+
+    if info["status"] != "restored":
+        return "No face was found: the photo is shown unchanged (try *aligned* for a face crop)."
+    note = f"Restored {name}: {result.shape[1]}x{result.shape[0]} px, {info['model_calls_per_face']} model calls per face."
+    kept = [f.get("restoration_kept", 1.0) for f in info.get("faces") or []]
+    if kept and min(kept) < LOW_KEPT:
+        note += (f" A face kept only {min(kept):.0%} of the model's change: the rest was not explained by the"
+                 " photo's noise, so the photo's own pixels stayed (`odedit restore --low-band off` keeps it all).")
+    return note
+
+
 def build_app(engine: Engine):
     """The Gradio Blocks page over ``engine``."""
     try:
@@ -252,10 +267,7 @@ def build_app(engine: Engine):
         except ValueError as err:
             return f"**Error:** {err}", None, None, "", ""
         path = save_result(result, name)
-        if info["status"] != "restored":
-            note = "No face was found: the photo is shown unchanged (try *aligned* for a face crop)."
-        else:
-            note = f"Restored {name}: {result.shape[1]}x{result.shape[0]} px, {info['model_calls_per_face']} model calls per face."
+        note = result_note(name, result, info)
         return note, (before, result), path, "\n".join(info["commands"]), json.dumps(info, indent=2)
 
     with gr.Blocks(title="odedit: face restoration") as demo:

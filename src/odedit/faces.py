@@ -145,7 +145,9 @@ def paste_faces(
         low_band, low_margin: the coarse-band gate (:func:`odedit.fidelity.restoration_share`):
             ``local`` (default), ``global`` or ``off``.
         progress: ``progress(i, n)`` before face ``i`` of ``n`` is upsampled and pasted.
-        masks_info: when given, each face's mask record (:func:`paste_mask`) is appended.
+        masks_info: when given, each face's mask record (:func:`paste_mask`) is appended, with
+            ``restoration_kept``: the mask-mean share of the restoration's coarse change kept
+            (1 when no refinement ran; see :func:`odedit.fidelity.keep_input`).
     Returns the new photo and the upsampling factor asked for each face.
     """
     if len(faces) != len(restored):
@@ -164,16 +166,18 @@ def paste_faces(
         if big.shape[0] < want:  # e.g. a fixed x4 model asked for x10: Lanczos for the rest
             big = resize_to(big, want, want)
         alpha, info = paste_mask(face, big.shape[0], mask)
-        refine = _refiner(1.0 / align.scale_of(face.matrix), fidelity, match_colour, low_band, low_margin)
+        stats: dict = {}
+        refine = _refiner(1.0 / align.scale_of(face.matrix), fidelity, match_colour, low_band, low_margin, stats)
         out = align.paste_back(out, big, face.matrix, face.size, mask=alpha, refine=refine)
         factors.append(factor)
         if masks_info is not None:
-            masks_info.append(info)
+            masks_info.append({**info, "restoration_kept": round(stats.get("restoration_kept", 1.0), 4)})
     return out, factors
 
 
-def _refiner(factor: float, fidelity: float, match_colour: bool, low_band: str, low_margin: float):
-    """The photo-space step of :func:`paste_faces` for one face (None when there is none)."""
+def _refiner(factor: float, fidelity: float, match_colour: bool, low_band: str, low_margin: float, stats: dict):
+    """The photo-space step of :func:`paste_faces` for one face (None when there is none); it
+    records the share of the restoration's coarse change kept in ``stats``."""
     if not 0.0 <= fidelity <= 1.0:
         raise ValueError(f"fidelity must be in [0, 1], got {fidelity}")
     if fidelity == 0.0 and not match_colour:
@@ -181,7 +185,7 @@ def _refiner(factor: float, fidelity: float, match_colour: bool, low_band: str, 
 
     def refine(face_region: np.ndarray, photo_region: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         return fidelity_mod.keep_input(face_region, photo_region, factor, fidelity, mask=alpha,
-                                       colour=match_colour, low_band=low_band, low_margin=low_margin)
+                                       colour=match_colour, low_band=low_band, low_margin=low_margin, stats=stats)
 
     return refine
 

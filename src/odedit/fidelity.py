@@ -137,6 +137,9 @@ LOW_BANDS = ("off", "global", "local")
 # the input where "off" lost 1-22 dB, and keeps the denoising of a noisy one
 DEFAULT_LOW_BAND = "local"
 LOW_MARGIN = 1.0
+# below this share of the restoration's coarse change kept, the CLI's photo line and the app say
+# that the gate refused most of it (a face back as it went in is then no failure)
+LOW_KEPT = 0.5
 
 
 def restoration_share(
@@ -189,6 +192,7 @@ def keep_input(
     colour: bool = DEFAULT_MATCH_COLOUR,
     low_band: str = DEFAULT_LOW_BAND,
     low_margin: float = LOW_MARGIN,
+    stats: dict | None = None,
 ) -> np.ndarray:
     """F = L(P) + H (L(R') - L(P)) + D(R') + G (D(P) - D(R')): what the pasted face keeps of the input.
 
@@ -206,6 +210,8 @@ def keep_input(
         mask: (h, w) the face mask: where the noise level and colour are measured.
         colour: match R's mean colour to P's first (:func:`match_colour`).
         low_band, low_margin: see :func:`restoration_share`.
+        stats: when given, ``stats['restoration_kept']`` is set to H's mean over the mask (the
+            share of the restoration's coarse change the face kept, in [0, 1]).
     Returns:
         (h, w, 3) float32, not clipped.
     """
@@ -218,18 +224,32 @@ def keep_input(
     if colour and mask is not None:
         r = match_colour(r, p, mask)
     if weight == 0.0:
+        if stats is not None:
+            stats["restoration_kept"] = 1.0
         return r.copy()
     low_p, low_r = lowpass(p, factor), lowpass(r, factor)
     sigma = noise_sigma(p, mask)
     beta = noise_share_of_fine_band(tuple(int(v) for v in p.shape[:2]), float(max(factor, 1.0)))
     h = restoration_share(low_r - low_p, sigma * np.sqrt(1.0 - beta), low_band, factor, mask, low_margin)
     share = 1.0 - weight * (1.0 - h)
+    if stats is not None:
+        stats["restoration_kept"] = _masked_mean(share, mask)
     out = low_p + share * (low_r - low_p)
     if factor > 1.0:
         fine_p, fine_r = p - low_p, r - low_r
         g = detail_gain(fine_p, sigma, beta, factor, weight)
         out = out + fine_r + g * (fine_p - fine_r)
     return out.astype(np.float32)
+
+
+def _masked_mean(share: np.ndarray | float, mask: np.ndarray | None) -> float:
+    """The mean of a scalar or (h, w, 1) share over ``mask`` (all pixels when None)."""
+    a = np.asarray(share, dtype=np.float64)
+    if a.ndim == 0:
+        return float(a)
+    a = a[..., 0]
+    m = np.ones_like(a) if mask is None else np.asarray(mask, dtype=np.float64)
+    return float((a * m).sum() / max(m.sum(), 1e-12))
 
 
 def match_colour(restored: np.ndarray, photo: np.ndarray, mask: np.ndarray) -> np.ndarray:

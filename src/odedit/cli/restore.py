@@ -32,7 +32,7 @@ from odedit.cli.common import (
     sigterm_as_interrupt,
     torch_dtype,
 )
-from odedit.fidelity import DEFAULT_FIDELITY, DEFAULT_LOW_BAND, DEFAULT_MATCH_COLOUR, LOW_BANDS
+from odedit.fidelity import DEFAULT_FIDELITY, DEFAULT_LOW_BAND, DEFAULT_MATCH_COLOUR, LOW_BANDS, LOW_KEPT
 from odedit.manifest import SIDECAR, real_path
 
 DESCRIPTION = """\
@@ -705,7 +705,13 @@ def photo_line(name: str, entry: dict) -> str:
     else:
         ellipses = sum(f.get("mask_source") == "keypoint_ellipse" for f in faces)
         stages.append("paste(face mask" + (f", {ellipses} from keypoints: no mesh" if ellipses else "") + ")")
-    return f"{name}: " + ", ".join(parts) + ", stages: " + ", ".join(stages)
+    line = f"{name}: " + ", ".join(parts) + ", stages: " + ", ".join(stages)
+    kept = [f.get("restoration_kept", 1.0) for f in faces]
+    if min(kept) < LOW_KEPT:
+        # say so: a face that comes back (nearly) as it went in is the gate's doing, not a failure
+        line += (f"; kept {_and([f'{round(100 * k)}%' for k in kept])} of the restoration's change "
+                 "(the rest was not explained by the photo's noise; --low-band off keeps all of it)")
+    return line
 
 
 def _report_faces(images_meta: dict, run_id: str, max_faces: int) -> None:
