@@ -178,27 +178,11 @@ def load_dataset(
                 err = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         skipped.append((names[i], err))  # list.append is atomic under the GIL
 
-    def reader():
-        """Yield (index, bytes or None, error or None), reading sequentially (I/O friendly)."""
-        if kind == "zip":
-            with zipfile.ZipFile(path) as zf:
-                for i, name in enumerate(names):
-                    try:
-                        yield i, zf.read(name), None
-                    except Exception as exc:  # bad CRC, unsupported compression, ...
-                        yield i, None, f"{type(exc).__name__}: {exc}"
-        else:
-            for i, name in enumerate(names):
-                try:
-                    yield i, (path / name).read_bytes(), None
-                except OSError as exc:
-                    yield i, None, f"{type(exc).__name__}: {exc.strerror or exc}"
-
     workers = max(1, int(workers))
     chunk = 512  # bounded memory: at most ~chunk encoded files in flight
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: list = []
-        for item in reader():
+        for item in _read_sources(kind, path, names):
             pending.append(pool.submit(work, *item))
             if len(pending) >= chunk:
                 for fut in pending:
@@ -223,6 +207,24 @@ def load_dataset(
         out = out[ok]  # compacting copy, C-contiguous
     kept = [n for n, good in zip(names, ok) if good]
     return ImageArrayDataset(images=np.ascontiguousarray(out), names=kept, skipped=skipped, source=str(path))
+
+
+def _read_sources(kind: str, path: Path, names: list[str]):
+    """Yield (index, bytes or None, error or None) for each of ``names`` in a ``zip`` or a
+    folder, reading sequentially (I/O friendly)."""
+    if kind == "zip":
+        with zipfile.ZipFile(path) as zf:
+            for i, name in enumerate(names):
+                try:
+                    yield i, zf.read(name), None
+                except Exception as exc:  # bad CRC, unsupported compression, ...
+                    yield i, None, f"{type(exc).__name__}: {exc}"
+    else:
+        for i, name in enumerate(names):
+            try:
+                yield i, (path / name).read_bytes(), None
+            except OSError as exc:
+                yield i, None, f"{type(exc).__name__}: {exc.strerror or exc}"
 
 
 def _splitmix64(x: int) -> int:

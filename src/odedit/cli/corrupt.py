@@ -19,6 +19,7 @@ import csv
 import io
 import sys
 from pathlib import Path
+from typing import Optional
 
 from odedit.atomic import write_text_atomic
 from odedit.cli.common import CLIError, prepare_outdir, ranged
@@ -116,96 +117,21 @@ def _write_manifest_atomic(path: Path, rows: list[dict]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from odedit.imageio import ImageError, fit_square, list_images, load_image_uint8, save_png_atomic
-
     name = args.corruption
     masking = name in MASKING_NAMES
     if args.fraction is not None and name != "random" and not masking:
         raise CLIError(f"--fraction applies only to the masking corruptions ({', '.join(MASKING_NAMES)})")
     if args.severity is None and not (masking and args.fraction is not None):
         raise CLIError("--severity 1-5 is required")
-
-    # inputs: expand folders; a missing path or empty folder is reported like a bad file
-    failures: list[str] = []
-    files: list[Path] = []
-    seen: set[Path] = set()
-    for item in args.inputs:
-        try:
-            found = list_images([item])
-        except (FileNotFoundError, ImageError) as err:
-            failures.append(str(err))
-            continue
-        for f in found:
-            key = f.resolve()
-            if key not in seen:
-                seen.add(key)
-                files.append(f)
-    if not files:
-        for line in failures:
-            print(f"odedit corrupt: skipped: {line}", file=sys.stderr)
-        raise CLIError("no input images")
-
-    # output names: <stem>.png, which must be unique
-    by_out: dict[str, list[Path]] = {}
-    for f in files:
-        by_out.setdefault(f"{f.stem}.png", []).append(f)
-    clashes = {k: v for k, v in by_out.items() if len(v) > 1}
-    if clashes:
-        out_name, srcs = next(iter(clashes.items()))
-        raise CLIError(
-            f"{len(clashes)} output name(s) would be written twice, e.g. {out_name!r} from "
-            + " and ".join(repr(str(s)) for s in srcs)
-            + "; corrupt them into separate folders"
-        )
-
-    outdir = prepare_outdir(args.outdir)
-    for out_name, (src,) in by_out.items():
-        if (outdir / out_name).resolve() == src.resolve():
-            raise CLIError(f"output {str(outdir / out_name)!r} would replace its own input; choose another -o")
-    existing = sorted(k for k in by_out if (outdir / k).exists())
-    if existing and not args.overwrite:
-        raise CLIError(
-            f"{len(existing)} output file(s) already exist in {str(outdir)!r} (e.g. {existing[0]!r}); "
-            "pass --overwrite to replace them"
-        )
+    files, failures = _gather_inputs(args.inputs)
+    outdir = _plan_outputs(files, args.outdir, args.overwrite)
     manifest_path = outdir / MANIFEST
     old_rows = _read_manifest(manifest_path)
-
-    import numpy as np
-
-    from odedit.corruptions import choose_corruption, corrupt
-
     new_rows: list[dict] = []
     for f in files:
-        out_name = f"{f.stem}.png"
-        try:
-            image = load_image_uint8(f)
-        except ImageError as err:
-            failures.append(str(err))
-            continue
-        if args.size is not None:
-            image = fit_square(image, args.size, "stretch")
-        seed = derive_seed(args.seed, out_name)
-        chosen = name
-        if name == "random":
-            chosen = choose_corruption(np.random.default_rng(derive_seed(args.seed, out_name, "choice")))
-        fraction = args.fraction if chosen in MASKING_NAMES else None
-        severity = args.severity
-        out = corrupt(image, chosen, severity, np.random.default_rng(seed), fraction=fraction)
-        try:
-            save_png_atomic(outdir / out_name, out)
-        except OSError as err:
-            raise CLIError(f"cannot write {outdir / out_name}: {err.strerror or err}") from None
-        new_rows.append(
-            {
-                "file": out_name,
-                "corruption": chosen,
-                "severity": "" if severity is None else str(severity),
-                "seed": str(seed),
-                "fraction": "" if fraction is None else repr(float(fraction)),
-            }
-        )
-
+        row = _corrupt_file(f, args, outdir, failures)
+        if row is not None:
+            new_rows.append(row)
     if new_rows:
         written = {r["file"] for r in new_rows}
         rows = [r for r in old_rows if r["file"] not in written] + new_rows
@@ -220,3 +146,91 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {line}", file=sys.stderr)
         return 1
     return 0
+
+
+def _gather_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Expand folders into image files, each once; a missing path or an empty folder is
+    reported like a bad file. Raises CLIError when no image is left."""
+    from odedit.imageio import ImageError, list_images
+
+    failures: list[str] = []
+    files: list[Path] = []
+    seen: set[Path] = set()
+    for item in inputs:
+        try:
+            found = list_images([item])
+        except (FileNotFoundError, ImageError) as err:
+            failures.append(str(err))
+            continue
+        for f in found:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(f)
+    if not files:
+        for line in failures:
+            print(f"odedit corrupt: skipped: {line}", file=sys.stderr)
+        raise CLIError("no input images")
+    return files, failures
+
+
+def _plan_outputs(files: list[Path], outdir_arg, overwrite: bool) -> Path:
+    """The output folder, once the output names (<stem>.png) are checked: unique, never an
+    input, and not already there unless ``overwrite``."""
+    by_out: dict[str, list[Path]] = {}
+    for f in files:
+        by_out.setdefault(f"{f.stem}.png", []).append(f)
+    clashes = {k: v for k, v in by_out.items() if len(v) > 1}
+    if clashes:
+        out_name, srcs = next(iter(clashes.items()))
+        raise CLIError(
+            f"{len(clashes)} output name(s) would be written twice, e.g. {out_name!r} from "
+            + " and ".join(repr(str(s)) for s in srcs)
+            + "; corrupt them into separate folders"
+        )
+    outdir = prepare_outdir(outdir_arg)
+    for out_name, (src,) in by_out.items():
+        if (outdir / out_name).resolve() == src.resolve():
+            raise CLIError(f"output {str(outdir / out_name)!r} would replace its own input; choose another -o")
+    existing = sorted(k for k in by_out if (outdir / k).exists())
+    if existing and not overwrite:
+        raise CLIError(
+            f"{len(existing)} output file(s) already exist in {str(outdir)!r} (e.g. {existing[0]!r}); "
+            "pass --overwrite to replace them"
+        )
+    return outdir
+
+
+def _corrupt_file(f: Path, args: argparse.Namespace, outdir: Path, failures: list[str]) -> Optional[dict]:
+    """Degrade one file into ``outdir/<stem>.png``: its manifest row, or None (and a line in
+    ``failures``) when it cannot be read."""
+    import numpy as np
+
+    from odedit.corruptions import choose_corruption, corrupt
+    from odedit.imageio import ImageError, fit_square, load_image_uint8, save_png_atomic
+
+    out_name = f"{f.stem}.png"
+    try:
+        image = load_image_uint8(f)
+    except ImageError as err:
+        failures.append(str(err))
+        return None
+    if args.size is not None:
+        image = fit_square(image, args.size, "stretch")
+    seed = derive_seed(args.seed, out_name)
+    chosen = args.corruption
+    if chosen == "random":
+        chosen = choose_corruption(np.random.default_rng(derive_seed(args.seed, out_name, "choice")))
+    fraction = args.fraction if chosen in MASKING_NAMES else None
+    out = corrupt(image, chosen, args.severity, np.random.default_rng(seed), fraction=fraction)
+    try:
+        save_png_atomic(outdir / out_name, out)
+    except OSError as err:
+        raise CLIError(f"cannot write {outdir / out_name}: {err.strerror or err}") from None
+    return {
+        "file": out_name,
+        "corruption": chosen,
+        "severity": "" if args.severity is None else str(args.severity),
+        "seed": str(seed),
+        "fraction": "" if fraction is None else repr(float(fraction)),
+    }
