@@ -59,6 +59,15 @@ def add_parser(subparsers) -> None:
         metavar="PATH_OR_HUB_ID",
         help="model folder (diffusers layout) or hub id; default: the embedded face prior",
     )
+    _add_image_args(p)
+    _add_method_args(p)
+    _add_metric_args(p)
+    _add_run_args(p)
+    p.set_defaults(run=run)
+
+
+def _add_image_args(p) -> None:
+    """The "images and degradation" flags."""
     d = p.add_argument_group("images and degradation")
     d.add_argument("--limit", type=ranged(int, 1), default=None, metavar="N", help="first N images (by name)")
     d.add_argument(
@@ -84,6 +93,9 @@ def add_parser(subparsers) -> None:
     d.add_argument("--seed", type=ranged(int, 0), default=0, help="base seed of corruptions and restorations")
     d.add_argument("--fit", choices=("stretch", "crop"), default="stretch", help="how to make images square")
 
+
+def _add_method_args(p) -> None:
+    """The "methods" flags."""
     m = p.add_argument_group("methods")
     m.add_argument(
         "--methods",
@@ -145,6 +157,9 @@ def add_parser(subparsers) -> None:
         "(uses the ground truth; default 1 = none)",
     )
 
+
+def _add_metric_args(p) -> None:
+    """The "metrics" flags."""
     q = p.add_argument_group("metrics")
     q.add_argument(
         "--reference",
@@ -160,13 +175,15 @@ def add_parser(subparsers) -> None:
     )
     q.add_argument("--grid-images", type=ranged(int, 0, 64), default=8, metavar="N", help="columns of grid.png")
 
+
+def _add_run_args(p) -> None:
+    """The "run" flags."""
     r = p.add_argument_group("run")
     r.add_argument("--batch-size", type=ranged(int, 1, 4096), default=16, help="images per batch, 1-4096 (default 16)")
     add_device_args(r)
     add_compile_arg(r)
     r.add_argument("--overwrite", action="store_true", help="discard an existing benchmark in DIR")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run)
 
 
 def build_methods_from_args(args: argparse.Namespace):

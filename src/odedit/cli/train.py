@@ -35,6 +35,15 @@ def add_parser(subparsers) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_data_args(p)
+    _add_length_args(p)
+    _add_optim_args(p)
+    _add_checkpoint_args(p)
+    p.set_defaults(run=run)
+
+
+def _add_data_args(p) -> None:
+    """The "data and model" flags."""
     g = p.add_argument_group("data and model")
     g.add_argument(
         "--data",
@@ -61,6 +70,9 @@ def add_parser(subparsers) -> None:
     )
     g.add_argument("--workers", type=ranged(int, 1, 64), default=None, help="image decoding threads (default 4)")
 
+
+def _add_length_args(p) -> None:
+    """The "length and batch" flags."""
     g = p.add_argument_group("length and batch")
     g.add_argument("--steps", type=ranged(int, 0), default=None, help="total optimizer steps")
     g.add_argument(
@@ -72,6 +84,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--batch-size", type=ranged(int, 1), default=None, help="images per process and micro-batch (default 64)")
     g.add_argument("--grad-accum", type=ranged(int, 1), default=None, metavar="N", help="micro-batches per step (default 1)")
 
+
+def _add_optim_args(p) -> None:
+    """The "optimisation" flags."""
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=ranged(float, 0.0, lo_open=True), default=None, help="AdamW learning rate (default 2e-4)")
     g.add_argument("--warmup-steps", type=ranged(int, 0), default=None, help="linear LR warm-up (default 500)")
@@ -129,6 +144,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--seed", type=int, default=None, help="seed of initialisation, data order, noise (default 0)")
     g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
 
+
+def _add_checkpoint_args(p) -> None:
+    """The "checkpoints and outputs" flags."""
     g = p.add_argument_group("checkpoints and outputs")
     g.add_argument(
         "--checkpoint-every", type=ranged(int, 0), default=None, metavar="STEPS", help="0 = off (default 5000)"
@@ -153,10 +171,11 @@ def add_parser(subparsers) -> None:
     g.add_argument("--num-samples", type=ranged(int, 1, 256), default=None, help="images per grid (default 16)")
     g.add_argument("--log-every", type=ranged(int, 1), default=None, metavar="STEPS", help="log.jsonl period (default 10)")
     g.add_argument("--quiet", action="store_true", help="no progress bar or messages")
-    p.set_defaults(run=run)
 
 
 # The rank of the Gaussian base of a new run (docs/training.md: the rank study).
+
+
 DEFAULT_GAUSSIAN_RANK = 512
 
 # Settings a resumed run takes from its train_config.json unless given again on the command line.
