@@ -180,7 +180,8 @@ def _add_photo_args(p: argparse.ArgumentParser) -> None:
         help=f"0..1 (default {DEFAULT_FIDELITY:g}): how much of the photo a pasted face keeps where the "
         "restoration's change is not explained by the photo's noise: its detail finer than the model's 64 px "
         "(where it is detail rather than noise) and, with --low-band on, its coarse band "
-        "(1 = all of it, 0 = the upsampled restoration alone)",
+        "(1 = all of it, 0 = the upsampled restoration alone); whole photos only, an aligned crop comes back "
+        "as restored",
     )
     f.add_argument(
         "--low-band",
@@ -189,7 +190,7 @@ def _add_photo_args(p: argparse.ArgumentParser) -> None:
         help=f"the coarse-band gate (default {DEFAULT_LOW_BAND}): keep the restoration's change to the face's "
         "coarse band only where the photo's noise explains it, so a clean face comes back as it was; "
         "local: per region (an erased pair of glasses is refused where it happens), global: one share per "
-        "face, off: the restoration's coarse band as is (more change, the old behaviour)",
+        "face, off: the restoration's coarse band as is (more change, the old behaviour); whole photos only",
     )
     f.add_argument(
         "--match-colour",
