@@ -249,6 +249,27 @@ def test_no_mediapipe_means_the_ellipse(monkeypatch):
     assert info["faces"][0]["mask_source"] == "keypoint_ellipse"
 
 
+def test_finish_photo_records_the_gate_without_a_detector():
+    """low_band reaches the paste and restore.json's face entry, with the share kept: the gate
+    refuses most of a flat grey 'restoration' of a clean synthetic face; 'off' keeps all of it."""
+
+    class OneFace:
+        def detect(self, image):
+            return [synthetic_face()[1]]
+
+    photo, _ = synthetic_face()
+    job = plan_photo(photo, SIZE, lambda i: i, detector=OneFace(), mesh=False)  # False: no mesh, the ellipse
+    grey = [np.full((SIZE, SIZE, 3), 250, np.uint8)]
+    out_local, local = finish_photo(job, grey, low_band="local", match_colour=False)
+    out_off, off = finish_photo(job, grey, low_band="off", match_colour=False)
+    assert (local["faces"][0]["low_band"], off["faces"][0]["low_band"]) == ("local", "off")
+    assert local["faces"][0]["restoration_kept"] < 0.5 and off["faces"][0]["restoration_kept"] == 1.0
+    err = lambda out: np.abs(out.astype(int) - photo.astype(int)).mean()
+    assert err(out_local) < 0.5 * err(out_off)
+    with pytest.raises(ValueError, match="low band"):
+        finish_photo(job, grey, low_band="coarse", match_colour=False)
+
+
 @needs_detector
 def test_keypoint_ellipse_is_close_to_the_mesh_oval():
     from odedit.detect import FaceDetector

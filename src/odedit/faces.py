@@ -154,6 +154,8 @@ def paste_faces(
         raise ValueError(f"{len(faces)} faces but {len(restored)} restored frames")
     if mask not in PASTE_MASKS:
         raise ValueError(f"paste mask must be one of {PASTE_MASKS}, got {mask!r}")
+    if low_band not in fidelity_mod.LOW_BANDS:
+        raise ValueError(f"low band mode must be one of {fidelity_mod.LOW_BANDS}, got {low_band!r}")
     upsampler = upsampler or LanczosUpsampler()
     out = np.asarray(photo, dtype=np.uint8)
     factors = []

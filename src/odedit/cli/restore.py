@@ -43,6 +43,8 @@ detector (pip install 'odedit[faces]'), aligned to the prior's frame by a simila
 transform from its keypoints, restored, upscaled (ODEdit+: --upsampler, Lanczos by
 default) and blended back with a feathered mask of the face alone (--paste-mask): hair,
 background and clothes keep their pixels; the output is the whole photo at its own size.
+The face keeps the restoration's change only where the photo's noise explains it
+(--low-band, --fidelity), so a clean face comes back as it was.
 A photo with no face is copied through unchanged and reported; so is one under 32 px a
 side, which is not searched. Faces beyond --max-faces are counted and reported. A line per
 photo says how many faces were found, their sizes, the upscaling and the stages run (not
@@ -179,7 +181,7 @@ def _add_photo_args(p: argparse.ArgumentParser) -> None:
         metavar="W",
         help=f"0..1 (default {DEFAULT_FIDELITY:g}): how much of the photo a pasted face keeps where the "
         "restoration's change is not explained by the photo's noise: its detail finer than the model's 64 px "
-        "(where it is detail rather than noise) and, with --low-band on, its coarse band "
+        "(where it is detail rather than noise) and, unless --low-band off, its coarse band "
         "(1 = all of it, 0 = the upsampled restoration alone); whole photos only, an aligned crop comes back "
         "as restored",
     )
@@ -687,8 +689,9 @@ def _and(words: list) -> str:
 def photo_line(name: str, entry: dict) -> str:
     """One line on what happened to a whole photo (its restore.json ``entry``), e.g.
     ``photo.jpg: 2 faces (312 px, 140 px), x5 and x3 upscale, 1 left out beyond --max-faces,
-    stages: detect, restore, upsample(lanczos), paste(face mask)``. Face sizes: the longer side
-    of the detector's box, in photo px."""
+    stages: detect, restore, upsample(lanczos), paste(face mask)``, ending in ``; kept 8% of the
+    restoration's change (...)`` when the coarse-band gate kept less than ``LOW_KEPT`` of a face's
+    change. Face sizes: the longer side of the detector's box, in photo px."""
     faces = entry.get("faces") or []
     if not faces:
         why = " (too small to search)" if entry.get("no_face_reason") else ""
@@ -710,7 +713,7 @@ def photo_line(name: str, entry: dict) -> str:
     kept = [f.get("restoration_kept", 1.0) for f in faces]
     if min(kept) < LOW_KEPT:
         # say so: a face that comes back (nearly) as it went in is the gate's doing, not a failure
-        line += (f"; kept {_and([f'{round(100 * k)}%' for k in kept])} of the restoration's change "
+        line += (f"; kept {_and([f'{int(100 * k)}%' for k in kept])} of the restoration's change "
                  "(the rest was not explained by the photo's noise; --low-band off keeps all of it)")
     return line
 

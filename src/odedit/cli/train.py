@@ -174,8 +174,6 @@ def _add_checkpoint_args(p) -> None:
 
 
 # The rank of the Gaussian base of a new run (docs/training.md: the rank study).
-
-
 DEFAULT_GAUSSIAN_RANK = 512
 
 # Settings a resumed run takes from its train_config.json unless given again on the command line.
