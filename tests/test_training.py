@@ -372,6 +372,69 @@ def test_warm_start_from_a_plain_model_zeroes_the_head(trained, blobs, tmp_path)
     torch.testing.assert_close(again.base.basis, model.base.basis)
 
 
+def test_edm_preconditioning_trains_resumes_and_exports(blobs, tmp_path, monkeypatch):
+    """--precondition edm: log-normal levels (drawn through odedit.precond), a model folder that
+    loads with its scales, a resume that draws what an uninterrupted run draws, and with a PPCA
+    base a first model that is exactly the Gaussian."""
+    import odedit.training.loop as loop
+    from odedit.models import GaussianResidualEps, load_model
+
+    drawn = []
+    real = loop.lognormal_timesteps
+
+    def spy(log_sigma, n, generator, *a, **kw):
+        t = real(log_sigma, n, generator, *a, **kw)
+        drawn.append(t)
+        return t
+
+    monkeypatch.setattr(loop, "lognormal_timesteps", spy)
+    first = train(config(blobs, tmp_path / "e", steps=3, checkpoint_every=3, precondition="edm"), log=quiet)
+    assert len(drawn) == 3 and all(t.shape == (8,) for t in drawn)
+    model = load_model(tmp_path / "e" / "model")
+    assert isinstance(model, GaussianResidualEps)
+    assert (model.base.rank, model.base.precondition, model.base.residual_var) == (0, "edm", 0.25)
+    assert json.loads((tmp_path / "e" / "model" / "odedit_train.json").read_text())["precondition"] == "edm"
+    more = train(config(None, tmp_path / "e", steps=5, resume=True), log=quiet)
+    whole = train(config(blobs, tmp_path / "w", steps=5, precondition="edm"), log=quiet)
+    assert [r["loss"] for r in first.records + more.records] == [r["loss"] for r in whole.records]
+    drawn.clear()
+    train(config(blobs, tmp_path / "plain", steps=1), log=quiet)
+    assert drawn == []  # the uniform levels of the DDPM loss without it
+    # R3: the PPCA base with EDM's scaling; the zeroed head makes the untrained model the Gaussian.
+    train(config(blobs, tmp_path / "g", steps=0, gaussian_rank=8, precondition="edm"), log=quiet)
+    g = load_model(tmp_path / "g" / "model")
+    assert (g.base.rank, g.base.precondition) == (8, "edm")
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for t in (5, 400):
+            torch.testing.assert_close(g(x, t), g.base.eps(x, g.schedule.alpha_bar_at(t)))
+    with pytest.raises(TrainError, match="min-snr"):
+        config(blobs, tmp_path / "x", steps=1, precondition="edm", min_snr_gamma=5.0).validate()
+    with pytest.raises(TrainError, match="precondition"):
+        config(blobs, tmp_path / "x", steps=1, precondition="karras").validate()
+    with pytest.raises(TrainError, match="sigma_data"):
+        config(blobs, tmp_path / "x", steps=1, precondition="edm", sigma_data=0.0).validate()
+
+
+def test_progressive_run_continues_at_a_higher_resolution(blobs, tmp_path):
+    """A 16 px run's model continues at 24 px (--resume-from-weights with --resolution): the weights
+    carry over, the base is refitted at the new size with the same rank and preconditioning, and the
+    network is not zeroed (it stays a residual)."""
+    from odedit.models import load_model
+
+    train(config(blobs, tmp_path / "lo", steps=2, gaussian_rank=8, precondition="edm"), log=quiet)
+    low = load_model(tmp_path / "lo" / "model")
+    said = []
+    train(config(blobs, tmp_path / "hi", steps=0, resolution=24, resume_from_weights=str(tmp_path / "lo" / "model"),
+                 precondition="edm"), log=said.append)
+    high = load_model(tmp_path / "hi" / "model")
+    assert high.sample_size == 24 and high.base.shape == (3, 24, 24)
+    assert (high.base.rank, high.base.precondition) == (8, "edm")
+    assert any("fitting one for (3, 24, 24)" in m for m in said)
+    for name, p in low.unet.state_dict().items():
+        torch.testing.assert_close(high.unet.state_dict()[name], p, msg=name)  # the head was not zeroed
+
+
 def test_run_and_model_folders_with_250_byte_names(blobs, tmp_path):
     """Run and model folders whose names are near the 255-byte limit: every temp name of a run
     (JSON, log, checkpoint and model-folder staging, the replaced folder's holder) is short

@@ -41,6 +41,7 @@ __all__ = ["GaussianBase", "fit_ppca", "gaussian_eps", "GAUSSIAN_DIR", "GAUSSIAN
 GAUSSIAN_DIR = "gaussian"
 GAUSSIAN_FILE = "gaussian.safetensors"
 GAUSSIAN_CONFIG = "config.json"
+PRECONDITIONS = ("none", "edm")
 
 
 def gaussian_eps(
@@ -91,6 +92,9 @@ class GaussianBase:
         residual_var: s2, the variance of each of the other D - k directions.
         shape: (C, H, W) of the images.
         num_images: how many images (with mirror copies) the fit saw.
+        precondition: how the network on top of this base sees its input and scales its output:
+            ``none`` (eps = E_G + r_theta(x_t, t)) or ``edm`` (eps = E_G + c_out r_theta(c_in x_t, t),
+            :mod:`odedit.precond`).
     """
 
     mean: torch.Tensor
@@ -99,8 +103,11 @@ class GaussianBase:
     residual_var: float
     shape: tuple[int, int, int]
     num_images: int = 0
+    precondition: str = "none"
 
     def __post_init__(self) -> None:
+        if self.precondition not in PRECONDITIONS:
+            raise ValueError(f"precondition must be one of {PRECONDITIONS}, got {self.precondition!r}")
         D = math.prod(self.shape)
         k = self.basis.shape[-1]
         if self.mean.shape != (D,) or self.basis.shape != (D, k) or self.eigvals.shape != (k,):
@@ -115,6 +122,20 @@ class GaussianBase:
     def rank(self) -> int:
         return int(self.basis.shape[-1])
 
+    @classmethod
+    def isotropic(cls, shape: tuple[int, int, int], var: float, precondition: str = "edm") -> "GaussianBase":
+        """N(0, var I): rank 0, mean 0 (with ``edm`` and var = 0.5^2, EDM's own preconditioning)."""
+        D = math.prod(shape)
+        return cls(torch.zeros(D), torch.zeros(D, 0), torch.zeros(0), float(var), tuple(shape), 0, precondition)
+
+    def scales(self, alpha_bar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(c_in, c_out) per level for ``edm`` (float64, alpha_bar's shape), None for ``none``."""
+        if self.precondition == "none":
+            return None
+        from odedit.precond import edm_scales
+
+        return edm_scales(alpha_bar, self.mean.cpu(), self.eigvals.cpu(), self.residual_var, self.mean.numel())
+
     def eps(self, x: torch.Tensor, alpha_bar: Union[float, torch.Tensor]) -> torch.Tensor:
         """E[eps | x_t]; see :func:`gaussian_eps` for shapes."""
         return gaussian_eps(x, alpha_bar, self.mean, self.basis, self.eigvals, self.residual_var)
@@ -127,13 +148,13 @@ class GaussianBase:
         """
         return GaussianBase(
             self.mean.float(), self.basis.to(torch.float16).float(), self.eigvals.float(),
-            self.residual_var, self.shape, self.num_images,
+            self.residual_var, self.shape, self.num_images, self.precondition,
         )
 
     def to(self, device: Union[torch.device, str]) -> "GaussianBase":
         return GaussianBase(
             self.mean.to(device), self.basis.to(device), self.eigvals.to(device),
-            self.residual_var, self.shape, self.num_images,
+            self.residual_var, self.shape, self.num_images, self.precondition,
         )
 
     def truncated(self, k: int) -> "GaussianBase":
@@ -144,7 +165,9 @@ class GaussianBase:
         total = float(self.eigvals.double().sum()) + self.residual_var * (D - self.rank)
         kept = float(self.eigvals[:k].double().sum())
         s2 = (total - kept) / (D - k) if D > k else 0.0
-        return GaussianBase(self.mean, self.basis[:, :k], self.eigvals[:k], s2, self.shape, self.num_images)
+        return GaussianBase(
+            self.mean, self.basis[:, :k], self.eigvals[:k], s2, self.shape, self.num_images, self.precondition
+        )
 
     # ---- files -------------------------------------------------------------------------------
 
@@ -164,6 +187,8 @@ class GaussianBase:
             kind="ppca", rank=self.rank, residual_var=self.residual_var, shape=list(self.shape),
             num_images=self.num_images,
         )
+        if self.precondition != "none":  # absent = none: folders written before it existed read the same
+            cfg["precondition"] = self.precondition
         (folder / GAUSSIAN_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
         return folder
 
@@ -183,6 +208,7 @@ class GaussianBase:
             return cls(
                 t["mean"].float(), t["basis"].float(), t["eigvals"].float(), float(cfg["residual_var"]),
                 tuple(int(s) for s in cfg["shape"]), int(cfg.get("num_images", 0)),
+                str(cfg.get("precondition", "none")),
             )
         except (OSError, KeyError, TypeError, ValueError, RuntimeError) as err:
             raise ValueError(f"cannot read the Gaussian base in {folder}: {type(err).__name__}: {err}") from err

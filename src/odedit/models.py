@@ -113,12 +113,14 @@ class UNetEps:
 class GaussianResidualEps:
     """A face prior whose denoiser is a closed-form Gaussian plus a learned residual.
 
-        eps(x, t) = E_G[eps | x_t] + r_theta(x_t, t)
+        eps(x, t) = E_G[eps | x_t] + r_theta(x_t, t)                      (precondition none)
+        eps(x, t) = E_G[eps | x_t] + c_out(t) r_theta(c_in(t) x_t, t)     (precondition edm)
 
     ``base`` is the PPCA Gaussian of the training faces (:mod:`odedit.gaussian`, exact posterior
-    mean of the noise); ``net`` is the network that learned what the Gaussian misses (its output is
-    the residual, in eps units). With a zero network this is the Gaussian's own denoiser. Model
-    folders with a ``gaussian/`` sub-folder load as this; the eps contract is unchanged.
+    mean of the noise, or EDM's isotropic N(0, 0.5^2 I)); ``net`` is the network that learned what
+    the Gaussian misses. The scales c_in, c_out (:mod:`odedit.precond`) come from the base's
+    ``precondition``. With a zero network this is the Gaussian's own denoiser. Model folders with a
+    ``gaussian/`` sub-folder load as this; the eps contract is unchanged.
     """
 
     net: UNetEps
@@ -132,6 +134,9 @@ class GaussianResidualEps:
         want = (self.net.in_channels, self.net.sample_size, self.net.sample_size)
         if tuple(self.base.shape) != want:
             raise ValueError(f"the Gaussian base is for images {tuple(self.base.shape)}, the network for {want}")
+        scales = self.base.scales(self.net.schedule.alpha_bar)
+        # Python floats per level: no tensor indexing (and no host-device sync) per call.
+        self._scales = None if scales is None else (scales[0].tolist(), scales[1].tolist())
 
     schedule = property(lambda self: self.net.schedule)
     sample_size = property(lambda self: self.net.sample_size)
@@ -142,8 +147,12 @@ class GaussianResidualEps:
     dtype = property(lambda self: self.net.dtype)
 
     def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        base = self.base.eps(x, self.net.schedule.alpha_bar_at(int(t)))  # float32 whatever the net's dtype
-        return base + self.net(x, t)
+        t = int(t)
+        base = self.base.eps(x, self.net.schedule.alpha_bar_at(t))  # float32 whatever the net's dtype
+        if self._scales is None:
+            return base + self.net(x, t)
+        c_in, c_out = self._scales
+        return base + c_out[t] * self.net(x * c_in[t], t)
 
 
 def compile_model(model):

@@ -130,6 +130,20 @@ def _add_optim_args(p) -> None:
         f"folder's gaussian/); 0 = a plain eps network (default {DEFAULT_GAUSSIAN_RANK})",
     )
     g.add_argument(
+        "--precondition",
+        choices=("none", "edm"),
+        default=None,
+        help="edm: EDM-style input/output scaling around the Gaussian base, its loss weighting and log-normal "
+        "noise levels (Karras et al. 2022; with --gaussian-rank 0, around N(0, sigma_data^2 I) as in EDM); "
+        "default none",
+    )
+    g.add_argument(
+        "--sigma-data",
+        type=ranged(float, 0.0, lo_open=True),
+        default=None,
+        help="the data's standard deviation for --precondition edm without a Gaussian base (default 0.5)",
+    )
+    g.add_argument(
         "--mixed-precision",
         choices=("auto", "no", "bf16", "fp16"),
         default=None,
@@ -180,7 +194,7 @@ DEFAULT_GAUSSIAN_RANK = 512
 INHERITED = (
     "data", "config", "resolution", "fit", "flip", "workers", "steps", "minutes", "batch_size", "grad_accum",
     "lr", "warmup_steps", "lr_schedule", "weight_decay", "max_grad_norm", "ema_decay", "ema_power",
-    "min_snr_gamma", "gaussian_rank", "mixed_precision", "tf32",
+    "min_snr_gamma", "gaussian_rank", "precondition", "sigma_data", "mixed_precision", "tf32",
     "compile", "seed", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "export_fp16",
     "export_raw", "sample_every", "sample_steps", "num_samples", "log_every",
 )  # fmt: skip

@@ -7,14 +7,19 @@ Where the base comes from, in order:
 1. a resumed run: ``OUT/gaussian/`` (written when the run started);
 2. ``--resume-from-weights`` of a model that has one: that model's base (its network is a residual);
 3. ``--gaussian-rank K`` > 0: a new fit (PPCA of the training faces and, with flips on, their
-   mirror images; :func:`odedit.gaussian.fit_ppca`, seeded by ``--seed``). A network that was not a
-   residual (fresh, or warm-started from a plain eps model) gets its output convolution zeroed,
-   so the untrained model is exactly the Gaussian and the trunk's features are kept.
+   mirror images; :func:`odedit.gaussian.fit_ppca`, seeded by ``--seed``);
+4. ``--precondition edm`` without a rank: EDM's isotropic N(0, sigma_data^2 I).
+
+The base carries ``--precondition`` (:mod:`odedit.precond`). A network that was not a residual of
+that kind (fresh, warm-started from a plain eps model, or from a base with the other
+preconditioning) gets its output convolution zeroed, so the untrained model is exactly the
+Gaussian's denoiser and the trunk's features are kept.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -72,16 +77,29 @@ def resolve_gaussian_base(
         except ValueError as err:
             raise TrainError(f"cannot resume: {err}") from None
     rank = cfg.gaussian_rank
+    want = (int(unet.config.in_channels), int(dataset.resolution), int(dataset.resolution))
     if weights_base is not None:
-        if rank not in (None, weights_base.rank):
-            say(f"note: --gaussian-rank {rank} ignored: the weights carry a rank-{weights_base.rank} base")
         base = weights_base
+        if tuple(base.shape) != want:  # a progressive run at a new resolution: the same kind of base, refitted
+            say(f"note: the weights' base is for images {tuple(base.shape)}; fitting one for {want} "
+                "(the network stays a residual)")
+            base = (GaussianBase.isotropic(want, base.residual_var, base.precondition) if base.rank == 0 else
+                    replace(_fit(cfg, dataset, base.rank, say).as_stored(), precondition=base.precondition))
+        if rank not in (None, base.rank):
+            say(f"note: --gaussian-rank {rank} ignored: the weights carry a rank-{base.rank} base")
+        if base.precondition != cfg.precondition:
+            say(f"note: the weights' base was trained with precondition {base.precondition!r}, this run uses "
+                f"{cfg.precondition!r}: the network's output layer starts at zero")
+            base = replace(base, precondition=cfg.precondition)
+            zero_output_layer(unet)
     elif rank:
-        base = _fit(cfg, dataset, int(rank), say).as_stored()  # as a resumed run will load it
+        base = replace(_fit(cfg, dataset, int(rank), say).as_stored(), precondition=cfg.precondition)
+        zero_output_layer(unet)
+    elif cfg.precondition == "edm":
+        base = GaussianBase.isotropic(want, cfg.sigma_data**2, "edm")
         zero_output_layer(unet)
     else:
         return None
-    want = (int(unet.config.in_channels), int(dataset.resolution), int(dataset.resolution))
     if tuple(base.shape) != want:
         raise TrainError(f"the Gaussian base is for images {tuple(base.shape)}, the network for {want}")
     if main:

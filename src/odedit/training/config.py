@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from odedit.gaussian import PRECONDITIONS
 from odedit.unets import UNET_CONFIGS
 
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")  # auto: odedit.devices.auto_mixed_precision
@@ -53,6 +55,10 @@ class TrainConfig:
     # Rank k of the closed-form Gaussian base (PPCA of the training faces) the network learns a
     # residual on (odedit.training.base); 0 = none (a plain eps network, as before).
     gaussian_rank: Optional[int] = 0
+    # "edm": EDM-style preconditioning, loss weighting and log-normal noise levels (Karras et al.
+    # 2022; odedit.precond) around the Gaussian base, or around N(0, sigma_data^2 I) without one.
+    precondition: str = "none"
+    sigma_data: float = 0.5
     mixed_precision: str = "no"
     tf32: bool = True  # CUDA only: TF32 matmuls/convs in fp32 training (Ampere and newer)
     compile: bool = False
@@ -95,6 +101,12 @@ class TrainConfig:
             raise TrainError(f"EMA warm-up power must be in (0, 1], got {self.ema_power}")
         if self.min_snr_gamma is not None and not self.min_snr_gamma > 0.0:
             raise TrainError(f"min-SNR gamma must be > 0, got {self.min_snr_gamma}")
+        if self.precondition not in PRECONDITIONS:
+            raise TrainError(f"precondition must be one of {PRECONDITIONS}, got {self.precondition!r}")
+        if self.precondition == "edm" and self.min_snr_gamma is not None:
+            raise TrainError("--precondition edm weights the loss itself: drop --min-snr-gamma")
+        if not (math.isfinite(self.sigma_data) and self.sigma_data > 0):
+            raise TrainError(f"sigma_data must be > 0, got {self.sigma_data}")
         if self.gaussian_rank is not None and not 0 <= self.gaussian_rank <= 4096:
             raise TrainError(f"gaussian rank must be in 0..4096, got {self.gaussian_rank}")
         for name in ("batch_size", "grad_accum", "sample_steps", "num_samples", "log_every", "keep_checkpoints"):

@@ -46,6 +46,7 @@ from odedit.training.checkpoints import (
     latest_checkpoint,
     list_checkpoints,
 )
+from odedit.precond import lognormal_timesteps, ve_log_sigma
 from odedit.training.base import resolve_gaussian_base
 from odedit.training.config import TrainConfig, TrainError, TrainResult
 from odedit.training.losses import _noise_tables, _noisy, lr_at, min_snr_weights, weighted_eps_loss
@@ -298,9 +299,11 @@ def _initial_model(cfg: TrainConfig, saved: Optional[dict], say: Callable[[str],
         size = unet.config.sample_size
         resolution = int(size[0] if isinstance(size, (list, tuple)) else size)
         if cfg.resolution is not None and cfg.resolution != resolution:
-            raise TrainError(
-                f"--resolution {cfg.resolution} differs from the weights' sample size {resolution}"
-            )
+            # Progressive training (e.g. a 32 px start, then 64 px): the UNet is fully convolutional,
+            # so the weights carry over; only the recorded sample size changes.
+            say(f"note: the weights were trained at {resolution}px; continuing at {cfg.resolution}px")
+            unet.register_to_config(sample_size=int(cfg.resolution))
+            resolution = int(cfg.resolution)
         config_name = cfg.config or "from-weights"
         if cfg.config is not None:
             say(f"note: --config {cfg.config} ignored: the architecture comes from {cfg.resume_from_weights}")
@@ -413,6 +416,14 @@ class _Run:
         self.loss_weights = (
             None if cfg.min_snr_gamma is None else min_snr_weights(self.schedule, cfg.min_snr_gamma).to(self.device)
         )
+        self.scales = self.log_sigma = None
+        scales = None if self.base is None else self.base.scales(self.schedule.alpha_bar)
+        if scales is not None:  # EDM preconditioning (odedit.precond): c_in, c_out per level, lambda = 1/c_out^2
+            c_in, c_out = (c.float().to(self.device) for c in scales)
+            self.scales = (c_in, c_out)
+            self.loss_weights = 1.0 / c_out.square()
+            wide = torch.float32 if self.device.type == "mps" else torch.float64
+            self.log_sigma = ve_log_sigma(self.schedule.alpha_bar).to(self.device, wide)
         self.gen = torch.Generator(device=self.device)
         self.B, self.A = cfg.batch_size, cfg.grad_accum
         self.global_batch = self.B * self.A * self.world
@@ -493,6 +504,7 @@ class _Run:
             ema_power=cfg.ema_power,
             min_snr_gamma=cfg.min_snr_gamma,
             gaussian_rank=0 if self.base is None else self.base.rank,
+            precondition="none" if self.base is None else self.base.precondition,
             weights="ema",
             data=str(self.data_path),
             train_seconds=round(self.state.train_seconds, 1),
@@ -662,10 +674,17 @@ class _Run:
             x0 = batch_to_model_space(images[idx_t].to(device, non_blocking=True), flips_t)
             gen.manual_seed(mix_seed(cfg.seed, 0x7015E, rank, step, micro))
             noise = torch.randn(x0.shape, generator=gen, device=device)
-            t = torch.randint(0, self.T, (B,), generator=gen, device=device)
+            if self.log_sigma is None:
+                t = torch.randint(0, self.T, (B,), generator=gen, device=device)
+            else:  # EDM's log-normal noise levels, on the grid
+                t = lognormal_timesteps(self.log_sigma, B, gen)
             with accelerator.accumulate(model):
                 x_t = _noisy(x0, t, noise, self.tables)
-                pred = model(x_t, t, return_dict=False)[0]
+                if self.scales is None:
+                    pred = model(x_t, t, return_dict=False)[0]
+                else:
+                    c_in, c_out = (c[t].view(-1, 1, 1, 1) for c in self.scales)
+                    pred = c_out * model(c_in * x_t, t, return_dict=False)[0].float()
                 if self.base is not None:  # the network is the residual on the Gaussian (float32)
                     pred = pred.float() + self.base.eps(x_t, self.alpha_bar[t])
                 loss = weighted_eps_loss(pred, noise, t, self.loss_weights)
