@@ -6,7 +6,7 @@
 #   3. ODEdit's default (light, DDIM 100) on the first 100 val faces, severity 4, seed 0,
 #      paired against the degraded source                        -> OUT/bench/
 # Usage: bash scripts/score_recipe.sh MODEL_DIR OUT_DIR   (DTYPE=bfloat16|float32, default bfloat16
-# where the CPU has bf16 hardware; BENCH_N=100; DATA=../shared/data/celeba64)
+# where the CPU has bf16 hardware; BENCH_N=100, 0 skips step 3; DATA=../shared/data/celeba64)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model="${1:?usage: score_recipe.sh MODEL_DIR OUT_DIR}"
@@ -20,7 +20,9 @@ $py scripts/prior_denoising.py --model "$model" --val "$data/val.zip" -n 256 --d
 echo "== 2. sample quality"
 $py scripts/prior_quality.py --model "$model" --val "$data/val.zip" --train "$data/train.zip" \
   -n 256 --steps 20 --solver dpm++2m --batch-size 64 --dtype "$dtype" -o "$out/quality"
-echo "== 3. ODEdit default on ${BENCH_N:-100} val faces"
-.venv/bin/odedit bench --data "$data/val.zip" --model "$model" -o "$out/bench" --limit "${BENCH_N:-100}" \
-  --severity 4 --seed 0 --methods source,odedit --presets light --device cpu --dtype "$dtype" --quiet
+if [ "${BENCH_N:-100}" != 0 ]; then
+  echo "== 3. ODEdit default on ${BENCH_N:-100} val faces"
+  .venv/bin/odedit bench --data "$data/val.zip" --model "$model" -o "$out/bench" --limit "${BENCH_N:-100}" \
+    --severity 4 --seed 0 --methods source,odedit --presets light --device cpu --dtype "$dtype" --quiet
+fi
 echo "score_recipe: done -> $out"

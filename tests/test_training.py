@@ -400,6 +400,12 @@ def test_edm_preconditioning_trains_resumes_and_exports(blobs, tmp_path, monkeyp
     drawn.clear()
     train(config(blobs, tmp_path / "plain", steps=1), log=quiet)
     assert drawn == []  # the uniform levels of the DDPM loss without it
+    train(config(blobs, tmp_path / "edm-uniform", steps=1, precondition="edm", noise_levels="uniform"), log=quiet)
+    assert drawn == []  # the levels are their own choice ...
+    logn = train(config(blobs, tmp_path / "lognormal", steps=2, noise_levels="lognormal"), log=quiet)
+    assert len(drawn) == 2  # ... also for a plain eps network
+    assert json.loads((tmp_path / "lognormal" / "model" / "odedit_train.json").read_text())["noise_levels"] == "lognormal"
+    assert logn.records[0]["loss"] != train(config(blobs, tmp_path / "u", steps=1), log=quiet).records[0]["loss"]
     # R3: the PPCA base with EDM's scaling; the zeroed head makes the untrained model the Gaussian.
     train(config(blobs, tmp_path / "g", steps=0, gaussian_rank=8, precondition="edm"), log=quiet)
     g = load_model(tmp_path / "g" / "model")
@@ -412,6 +418,8 @@ def test_edm_preconditioning_trains_resumes_and_exports(blobs, tmp_path, monkeyp
         config(blobs, tmp_path / "x", steps=1, precondition="edm", min_snr_gamma=5.0).validate()
     with pytest.raises(TrainError, match="precondition"):
         config(blobs, tmp_path / "x", steps=1, precondition="karras").validate()
+    with pytest.raises(TrainError, match="noise levels"):
+        config(blobs, tmp_path / "x", steps=1, noise_levels="beta").validate()
     with pytest.raises(TrainError, match="sigma_data"):
         config(blobs, tmp_path / "x", steps=1, precondition="edm", sigma_data=0.0).validate()
 

@@ -38,6 +38,7 @@ def add_parser(subparsers) -> None:
     _add_data_args(p)
     _add_length_args(p)
     _add_optim_args(p)
+    _add_objective_args(p)
     _add_checkpoint_args(p)
     p.set_defaults(run=run)
 
@@ -114,6 +115,25 @@ def _add_optim_args(p) -> None:
         help="EMA warm-up 1-(1+n)^-P instead of (1+n)/(10+n), e.g. 0.6667 for short runs",
     )
     g.add_argument(
+        "--mixed-precision",
+        choices=("auto", "no", "bf16", "fp16"),
+        default=None,
+        help="default auto: bf16 autocast on CPUs with bf16 hardware (AMX/AVX512-BF16) and bf16-capable GPUs, "
+        "else fp32 (bf16 is emulated and far slower on other CPUs)",
+    )
+    g.add_argument(
+        "--no-tf32", dest="tf32", action="store_const", const=False, default=None,
+        help="CUDA fp32: no TF32 matmuls/convolutions (TF32 is on by default)",
+    )
+    g.add_argument("--compile", action="store_const", const=True, default=None, help="torch.compile the UNet (GPU; slow start)")
+    g.add_argument("--seed", type=int, default=None, help="seed of initialisation, data order, noise (default 0)")
+    g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+
+
+def _add_objective_args(p) -> None:
+    """The denoiser's form and its loss: the Gaussian base, preconditioning, levels and weights."""
+    g = p.add_argument_group("objective")
+    g.add_argument(
         "--min-snr-gamma",
         type=ranged(float, 0.0, lo_open=True),
         default=None,
@@ -138,25 +158,18 @@ def _add_optim_args(p) -> None:
         "default none",
     )
     g.add_argument(
+        "--noise-levels",
+        choices=("uniform", "lognormal"),
+        default=None,
+        help="how training draws noise levels: uniform over t (DDPM) or EDM's log-normal sigma on the grid "
+        "(default: lognormal with --precondition edm, else uniform)",
+    )
+    g.add_argument(
         "--sigma-data",
         type=ranged(float, 0.0, lo_open=True),
         default=None,
         help="the data's standard deviation for --precondition edm without a Gaussian base (default 0.5)",
     )
-    g.add_argument(
-        "--mixed-precision",
-        choices=("auto", "no", "bf16", "fp16"),
-        default=None,
-        help="default auto: bf16 autocast on CPUs with bf16 hardware (AMX/AVX512-BF16) and bf16-capable GPUs, "
-        "else fp32 (bf16 is emulated and far slower on other CPUs)",
-    )
-    g.add_argument(
-        "--no-tf32", dest="tf32", action="store_const", const=False, default=None,
-        help="CUDA fp32: no TF32 matmuls/convolutions (TF32 is on by default)",
-    )
-    g.add_argument("--compile", action="store_const", const=True, default=None, help="torch.compile the UNet (GPU; slow start)")
-    g.add_argument("--seed", type=int, default=None, help="seed of initialisation, data order, noise (default 0)")
-    g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
 
 
 def _add_checkpoint_args(p) -> None:
@@ -194,7 +207,7 @@ DEFAULT_GAUSSIAN_RANK = 512
 INHERITED = (
     "data", "config", "resolution", "fit", "flip", "workers", "steps", "minutes", "batch_size", "grad_accum",
     "lr", "warmup_steps", "lr_schedule", "weight_decay", "max_grad_norm", "ema_decay", "ema_power",
-    "min_snr_gamma", "gaussian_rank", "precondition", "sigma_data", "mixed_precision", "tf32",
+    "min_snr_gamma", "gaussian_rank", "precondition", "sigma_data", "noise_levels", "mixed_precision", "tf32",
     "compile", "seed", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "export_fp16",
     "export_raw", "sample_every", "sample_steps", "num_samples", "log_every",
 )  # fmt: skip

@@ -12,6 +12,7 @@ from odedit.unets import UNET_CONFIGS
 
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")  # auto: odedit.devices.auto_mixed_precision
 LR_SCHEDULES = ("constant", "cosine", "linear")
+NOISE_LEVELS = ("uniform", "lognormal")
 
 
 class TrainError(ValueError):
@@ -59,6 +60,10 @@ class TrainConfig:
     # 2022; odedit.precond) around the Gaussian base, or around N(0, sigma_data^2 I) without one.
     precondition: str = "none"
     sigma_data: float = 0.5
+    # How training draws noise levels: "uniform" over 0..T-1 (DDPM) or "lognormal" (EDM's
+    # ln s ~ N(-1.2, 1.2^2) on the grid); None: lognormal when the run's base is preconditioned
+    # "edm" (also on resume, where the base in the run folder decides), else uniform.
+    noise_levels: Optional[str] = None
     mixed_precision: str = "no"
     tf32: bool = True  # CUDA only: TF32 matmuls/convs in fp32 training (Ampere and newer)
     compile: bool = False
@@ -105,6 +110,8 @@ class TrainConfig:
             raise TrainError(f"precondition must be one of {PRECONDITIONS}, got {self.precondition!r}")
         if self.precondition == "edm" and self.min_snr_gamma is not None:
             raise TrainError("--precondition edm weights the loss itself: drop --min-snr-gamma")
+        if self.noise_levels not in (None,) + NOISE_LEVELS:
+            raise TrainError(f"noise levels must be one of {NOISE_LEVELS}, got {self.noise_levels!r}")
         if not (math.isfinite(self.sigma_data) and self.sigma_data > 0):
             raise TrainError(f"sigma_data must be > 0, got {self.sigma_data}")
         if self.gaussian_rank is not None and not 0 <= self.gaussian_rank <= 4096:

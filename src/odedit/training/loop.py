@@ -422,6 +422,9 @@ class _Run:
             c_in, c_out = (c.float().to(self.device) for c in scales)
             self.scales = (c_in, c_out)
             self.loss_weights = 1.0 / c_out.square()
+        edm = self.base is not None and self.base.precondition == "edm"
+        self.noise_levels = cfg.noise_levels or ("lognormal" if edm else "uniform")
+        if self.noise_levels == "lognormal":
             wide = torch.float32 if self.device.type == "mps" else torch.float64
             self.log_sigma = ve_log_sigma(self.schedule.alpha_bar).to(self.device, wide)
         self.gen = torch.Generator(device=self.device)
@@ -505,6 +508,7 @@ class _Run:
             min_snr_gamma=cfg.min_snr_gamma,
             gaussian_rank=0 if self.base is None else self.base.rank,
             precondition="none" if self.base is None else self.base.precondition,
+            noise_levels=self.noise_levels,
             weights="ema",
             data=str(self.data_path),
             train_seconds=round(self.state.train_seconds, 1),
