@@ -32,6 +32,7 @@ import torch
 
 from odedit.atomic import write_json_atomic
 from odedit.data import EpochStream, ImageArrayDataset, batch_to_model_space, load_dataset, mix_seed
+from odedit.precond import lognormal_timesteps, ve_log_sigma
 from odedit.schedule import NoiseSchedule
 from odedit.training.checkpoints import (
     CHECKPOINTS,
@@ -46,7 +47,6 @@ from odedit.training.checkpoints import (
     latest_checkpoint,
     list_checkpoints,
 )
-from odedit.precond import lognormal_timesteps, ve_log_sigma
 from odedit.training.base import resolve_gaussian_base
 from odedit.training.config import TrainConfig, TrainError, TrainResult
 from odedit.training.losses import _noise_tables, _noisy, lr_at, min_snr_weights, weighted_eps_loss
