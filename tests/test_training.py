@@ -290,6 +290,32 @@ def test_cli_trains_and_reports_data_errors(blobs, tmp_path, capsys):
     assert saved["resolved"]["start_step"] == 3
 
 
+def test_cli_default_preconditioning_is_edm_for_new_bases_only(blobs, tmp_path):
+    """New CLI runs get the recipe study's winner (a Gaussian base with EDM preconditioning); a warm
+    start from a model whose base was trained without it keeps that base as it is (not zeroed);
+    --gaussian-rank 0 stays a plain eps network."""
+    from odedit.models import GaussianResidualEps, UNetEps, load_model
+
+    common = ["--config", "tiny", "--resolution", "16", "--batch-size", "4", "--cpu", "--quiet", "--workers", "1",
+              "--sample-every", "0", "--data", str(blobs)]
+    assert cli(["train", "--out", str(tmp_path / "new"), "--steps", "1", "--gaussian-rank", "8", *common]) == 0
+    assert load_model(tmp_path / "new" / "model").base.precondition == "edm"
+    assert cli(["train", "--out", str(tmp_path / "plain"), "--steps", "1", "--gaussian-rank", "0", *common]) == 0
+    assert isinstance(load_model(tmp_path / "plain" / "model"), UNetEps)
+    train(config(blobs, tmp_path / "old", steps=2, gaussian_rank=8), log=quiet)  # the API default: none
+    old = load_model(tmp_path / "old" / "model")
+    assert old.base.precondition == "none"
+    warm = ["train", "--out", str(tmp_path / "warm"), "--steps", "0", "--resume-from-weights",
+            str(tmp_path / "old" / "model"), *common]
+    assert cli(warm) == 0
+    kept = load_model(tmp_path / "warm" / "model")
+    assert isinstance(kept, GaussianResidualEps) and kept.base.precondition == "none"
+    torch.testing.assert_close(kept.unet.conv_out.weight, old.unet.conv_out.weight)  # not zeroed
+    assert cli([*warm[:2], str(tmp_path / "warm2"), *warm[3:], "--precondition", "edm"]) == 0
+    switched = load_model(tmp_path / "warm2" / "model")
+    assert switched.base.precondition == "edm" and float(switched.unet.conv_out.weight.abs().max()) == 0.0
+
+
 # ---- short-run settings: min-SNR weighting, EMA warm-up ----------------------------------------
 
 

@@ -154,8 +154,9 @@ def _add_objective_args(p) -> None:
         choices=("none", "edm"),
         default=None,
         help="edm: EDM-style input/output scaling around the Gaussian base, its loss weighting and log-normal "
-        "noise levels (Karras et al. 2022; with --gaussian-rank 0, around N(0, sigma_data^2 I) as in EDM); "
-        "default none",
+        "noise levels (Karras et al. 2022; with --gaussian-rank 0, around N(0, sigma_data^2 I) as in EDM). "
+        f"Default: {DEFAULT_PRECONDITION} for a new base, none with --gaussian-rank 0; a resumed run or a "
+        "warm start from a model with a base keeps that base's",
     )
     g.add_argument(
         "--noise-levels",
@@ -202,6 +203,9 @@ def _add_checkpoint_args(p) -> None:
 
 # The rank of the Gaussian base of a new run (docs/training.md: the rank study).
 DEFAULT_GAUSSIAN_RANK = 512
+# The preconditioning of a new base (docs/training.md: the session-11 recipe study, R3). Runs that
+# resume, or warm-start from a model with a base, keep that base's unless --precondition is given.
+DEFAULT_PRECONDITION = "edm"
 
 # Settings a resumed run takes from its train_config.json unless given again on the command line.
 INHERITED = (
@@ -237,10 +241,20 @@ def resolve_settings(args) -> dict:
     return {**saved, **explicit}
 
 
+def _keeps_a_base(args) -> bool:
+    """Whether the run continues a base (its own on --resume, the weights' on --resume-from-weights)."""
+    if args.resume and (Path(args.out) / "train_config.json").is_file():
+        return True
+    return bool(args.resume_from_weights) and (Path(args.resume_from_weights) / "gaussian").is_dir()
+
+
 def run(args) -> int:
     from odedit.data import DatasetError
     from odedit.training import TrainConfig, TrainError, train
 
+    settings = {"mixed_precision": "auto", "gaussian_rank": DEFAULT_GAUSSIAN_RANK, **resolve_settings(args)}
+    if "precondition" not in settings and not _keeps_a_base(args):
+        settings["precondition"] = DEFAULT_PRECONDITION if settings["gaussian_rank"] else "none"
     try:
         cfg = TrainConfig(
             out=str(args.out),
@@ -248,7 +262,7 @@ def run(args) -> int:
             resume_from_weights=args.resume_from_weights,
             cpu=args.cpu,
             progress=not args.quiet,
-            **{"mixed_precision": "auto", "gaussian_rank": DEFAULT_GAUSSIAN_RANK, **resolve_settings(args)},
+            **settings,
         )
     except TypeError as err:  # pragma: no cover - a saved config from another version
         raise CLIError(f"incompatible saved settings: {err}") from None

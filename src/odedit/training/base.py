@@ -10,9 +10,10 @@ Where the base comes from, in order:
    mirror images; :func:`odedit.gaussian.fit_ppca`, seeded by ``--seed``);
 4. ``--precondition edm`` without a rank: EDM's isotropic N(0, sigma_data^2 I).
 
-The base carries ``--precondition`` (:mod:`odedit.precond`). A network that was not a residual of
-that kind (fresh, warm-started from a plain eps model, or from a base with the other
-preconditioning) gets its output convolution zeroed, so the untrained model is exactly the
+The base carries ``--precondition`` (:mod:`odedit.precond`; not given: the base it comes from keeps
+its own, a new base has none). A network that was not a residual of that kind (fresh, warm-started
+from a plain eps model, or from a base with the other preconditioning) gets its output convolution
+zeroed, so the untrained model is exactly the
 Gaussian's denoiser and the trunk's features are kept.
 """
 
@@ -87,13 +88,13 @@ def resolve_gaussian_base(
                     replace(_fit(cfg, dataset, base.rank, say).as_stored(), precondition=base.precondition))
         if rank not in (None, base.rank):
             say(f"note: --gaussian-rank {rank} ignored: the weights carry a rank-{base.rank} base")
-        if base.precondition != cfg.precondition:
+        if cfg.precondition not in (None, base.precondition):
             say(f"note: the weights' base was trained with precondition {base.precondition!r}, this run uses "
                 f"{cfg.precondition!r}: the network's output layer starts at zero")
             base = replace(base, precondition=cfg.precondition)
             zero_output_layer(unet)
     elif rank:
-        base = replace(_fit(cfg, dataset, int(rank), say).as_stored(), precondition=cfg.precondition)
+        base = replace(_fit(cfg, dataset, int(rank), say).as_stored(), precondition=cfg.precondition or "none")
         zero_output_layer(unet)
     elif cfg.precondition == "edm":
         base = GaussianBase.isotropic(want, cfg.sigma_data**2, "edm")

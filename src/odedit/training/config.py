@@ -58,7 +58,8 @@ class TrainConfig:
     gaussian_rank: Optional[int] = 0
     # "edm": EDM-style preconditioning, loss weighting and log-normal noise levels (Karras et al.
     # 2022; odedit.precond) around the Gaussian base, or around N(0, sigma_data^2 I) without one.
-    precondition: str = "none"
+    # None: keep the preconditioning of the base the run resumes or warm-starts from; a new base: none.
+    precondition: Optional[str] = None
     sigma_data: float = 0.5
     # How training draws noise levels: "uniform" over 0..T-1 (DDPM) or "lognormal" (EDM's
     # ln s ~ N(-1.2, 1.2^2) on the grid); None: lognormal when the run's base is preconditioned
@@ -106,7 +107,7 @@ class TrainConfig:
             raise TrainError(f"EMA warm-up power must be in (0, 1], got {self.ema_power}")
         if self.min_snr_gamma is not None and not self.min_snr_gamma > 0.0:
             raise TrainError(f"min-SNR gamma must be > 0, got {self.min_snr_gamma}")
-        if self.precondition not in PRECONDITIONS:
+        if self.precondition not in (None,) + PRECONDITIONS:
             raise TrainError(f"precondition must be one of {PRECONDITIONS}, got {self.precondition!r}")
         if self.precondition == "edm" and self.min_snr_gamma is not None:
             raise TrainError("--precondition edm weights the loss itself: drop --min-snr-gamma")
