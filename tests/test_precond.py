@@ -113,7 +113,7 @@ def test_model_applies_the_scales_and_folders_round_trip(tmp_path):
     net = UNetEps(unet, _schedule())
     b = _ppca()
     b.save(tmp_path / "g")
-    assert json.loads((tmp_path / "g" / "config.json").read_text())["precondition"] == "edm"
+    assert json.loads((tmp_path / "g" / "config.json").read_text())["kind"] == "ppca-edm"  # older odedit refuses it
     loaded = GaussianBase.load(tmp_path / "g")
     assert loaded.precondition == "edm"
     model = GaussianResidualEps(net, loaded.to("cpu"))
@@ -127,12 +127,46 @@ def test_model_applies_the_scales_and_folders_round_trip(tmp_path):
             unscaled = loaded.eps(x, ab) + net(x, t)
             assert not torch.allclose(model(x, t), unscaled)
     cfg = json.loads((tmp_path / "g" / "config.json").read_text())
-    del cfg["precondition"]
+    cfg["kind"] = "ppca"  # every folder written before preconditioning existed
     (tmp_path / "g" / "config.json").write_text(json.dumps(cfg))
     assert GaussianBase.load(tmp_path / "g").precondition == "none"
+    cfg["kind"] = "ppca-karras"
+    (tmp_path / "g" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="kind"):
+        GaussianBase.load(tmp_path / "g")
     plain = GaussianBase(b.mean, b.basis, b.eigvals, b.residual_var, SHAPE)
     plain.save(tmp_path / "p")
-    assert "precondition" not in json.loads((tmp_path / "p" / "config.json").read_text())
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["kind"] == "ppca"
+
+
+def test_training_scores_the_eps_that_inference_computes():
+    """The loop's prediction (odedit.training.losses.model_eps) equals GaussianResidualEps for the same
+    network and base, with and without EDM scaling, and the scaling changes it (a non-zero head)."""
+    from dataclasses import replace
+
+    from diffusers import UNet2DModel
+
+    from odedit.models import GaussianResidualEps, UNetEps
+    from odedit.training.losses import model_eps
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=4, in_channels=3, out_channels=3, block_out_channels=(8, 8),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       layers_per_block=1, norm_num_groups=4).eval()
+    sched = _schedule()
+    x = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(6))
+    outs = {}
+    for pre in ("none", "edm"):
+        b = replace(_ppca(), precondition=pre)
+        scales = b.scales(sched.alpha_bar)
+        scales = None if scales is None else tuple(c.float() for c in scales)
+        with torch.no_grad():
+            for t in (7, 300):
+                got = model_eps(unet, x, torch.full((3,), t), b, sched.alpha_bar, scales)
+                want = GaussianResidualEps(UNetEps(unet, sched), b)(x, t)
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+                outs[pre, t] = got
+    assert not torch.allclose(outs["none", 300], outs["edm", 300])
 
 
 def test_edm_scales_handle_rank_zero_and_full_rank():

@@ -314,6 +314,15 @@ def test_cli_default_preconditioning_is_edm_for_new_bases_only(blobs, tmp_path):
     assert cli([*warm[:2], str(tmp_path / "warm2"), *warm[3:], "--precondition", "edm"]) == 0
     switched = load_model(tmp_path / "warm2" / "model")
     assert switched.base.precondition == "edm" and float(switched.unet.conv_out.weight.abs().max()) == 0.0
+    # A run made before the flag existed (no "precondition" in its train_config.json, min-SNR on) resumes as it was.
+    assert cli(["train", "--out", str(tmp_path / "snr"), "--steps", "1", "--gaussian-rank", "8",
+                "--min-snr-gamma", "5", *common]) == 0
+    assert load_model(tmp_path / "snr" / "model").base.precondition == "none"  # min-SNR asks for the plain residual
+    saved = json.loads((tmp_path / "snr" / "train_config.json").read_text())
+    del saved["config"]["precondition"]
+    (tmp_path / "snr" / "train_config.json").write_text(json.dumps(saved))
+    assert cli(["train", "--out", str(tmp_path / "snr"), "--resume", "--steps", "2", "--cpu", "--quiet"]) == 0
+    assert load_model(tmp_path / "snr" / "model").base.precondition == "none"
 
 
 # ---- short-run settings: min-SNR weighting, EMA warm-up ----------------------------------------
@@ -444,6 +453,12 @@ def test_edm_preconditioning_trains_resumes_and_exports(blobs, tmp_path, monkeyp
         config(blobs, tmp_path / "x", steps=1, precondition="edm", min_snr_gamma=5.0).validate()
     with pytest.raises(TrainError, match="precondition"):
         config(blobs, tmp_path / "x", steps=1, precondition="karras").validate()
+    # A run's preconditioning is fixed: asking another on resume, or min-SNR on an inherited edm base, is refused.
+    with pytest.raises(TrainError, match="run being resumed"):
+        train(config(None, tmp_path / "e", steps=6, resume=True, precondition="none"), log=quiet)
+    with pytest.raises(TrainError, match="min-snr"):
+        train(config(blobs, tmp_path / "snr", steps=1, resume_from_weights=str(tmp_path / "e" / "model"),
+                     min_snr_gamma=5.0), log=quiet)
     with pytest.raises(TrainError, match="noise levels"):
         config(blobs, tmp_path / "x", steps=1, noise_levels="beta").validate()
     with pytest.raises(TrainError, match="sigma_data"):

@@ -42,6 +42,8 @@ GAUSSIAN_DIR = "gaussian"
 GAUSSIAN_FILE = "gaussian.safetensors"
 GAUSSIAN_CONFIG = "config.json"
 PRECONDITIONS = ("none", "edm")
+_KINDS = {"none": "ppca", "edm": "ppca-edm"}  # gaussian/config.json "kind" per preconditioning
+_PRECONDITION_OF = {kind: pre for pre, kind in _KINDS.items()}
 
 
 def gaussian_eps(
@@ -183,12 +185,12 @@ class GaussianBase:
             "eigvals": self.eigvals.float().contiguous().cpu(),
         }
         save_file(tensors, str(folder / GAUSSIAN_FILE))
+        # The kind names the preconditioning: "ppca" (none; every folder written before it existed)
+        # or "ppca-edm", which older odedit versions refuse instead of misreading it.
         cfg = dict(
-            kind="ppca", rank=self.rank, residual_var=self.residual_var, shape=list(self.shape),
+            kind=_KINDS[self.precondition], rank=self.rank, residual_var=self.residual_var, shape=list(self.shape),
             num_images=self.num_images,
         )
-        if self.precondition != "none":  # absent = none: folders written before it existed read the same
-            cfg["precondition"] = self.precondition
         (folder / GAUSSIAN_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
         return folder
 
@@ -200,15 +202,15 @@ class GaussianBase:
         folder = Path(folder)
         try:
             cfg = json.loads((folder / GAUSSIAN_CONFIG).read_text())
-            if not isinstance(cfg, dict) or cfg.get("kind") != "ppca":
-                raise ValueError(f"expected a JSON object with kind 'ppca', got {str(cfg)[:80]}")
+            if not isinstance(cfg, dict) or cfg.get("kind") not in _PRECONDITION_OF:
+                raise ValueError(f"expected a JSON object with kind 'ppca' or 'ppca-edm', got {str(cfg)[:80]}")
             t = load_file(str(folder / GAUSSIAN_FILE))
             # The basis as stored (fp16 values in float32): fp16 rounding moves U^T U from I by
             # ~1e-5, far below what matters, and save(load(f)) rewrites f bit for bit.
             return cls(
                 t["mean"].float(), t["basis"].float(), t["eigvals"].float(), float(cfg["residual_var"]),
                 tuple(int(s) for s in cfg["shape"]), int(cfg.get("num_images", 0)),
-                str(cfg.get("precondition", "none")),
+                _PRECONDITION_OF[cfg["kind"]],
             )
         except (OSError, KeyError, TypeError, ValueError, RuntimeError) as err:
             raise ValueError(f"cannot read the Gaussian base in {folder}: {type(err).__name__}: {err}") from err

@@ -243,9 +243,11 @@ def resolve_settings(args) -> dict:
 
 def _keeps_a_base(args) -> bool:
     """Whether the run continues a base (its own on --resume, the weights' on --resume-from-weights)."""
-    if args.resume and (Path(args.out) / "train_config.json").is_file():
+    from odedit.training import latest_checkpoint
+
+    if args.resume and latest_checkpoint(Path(args.out).expanduser()) is not None:
         return True
-    return bool(args.resume_from_weights) and (Path(args.resume_from_weights) / "gaussian").is_dir()
+    return bool(args.resume_from_weights) and (Path(args.resume_from_weights).expanduser() / "gaussian").is_dir()
 
 
 def run(args) -> int:
@@ -254,7 +256,9 @@ def run(args) -> int:
 
     settings = {"mixed_precision": "auto", "gaussian_rank": DEFAULT_GAUSSIAN_RANK, **resolve_settings(args)}
     if "precondition" not in settings and not _keeps_a_base(args):
-        settings["precondition"] = DEFAULT_PRECONDITION if settings["gaussian_rank"] else "none"
+        # min-SNR is its own loss weighting: a run that asks for it gets the plain residual.
+        wants_edm = settings["gaussian_rank"] and settings.get("min_snr_gamma") is None
+        settings["precondition"] = DEFAULT_PRECONDITION if wants_edm else "none"
     try:
         cfg = TrainConfig(
             out=str(args.out),

@@ -74,9 +74,15 @@ def resolve_gaussian_base(
         if not folder.is_dir():
             return None  # a run started without a base stays without one
         try:
-            return GaussianBase.load(folder)
+            base = GaussianBase.load(folder)
         except ValueError as err:
             raise TrainError(f"cannot resume: {err}") from None
+        if cfg.precondition not in (None, base.precondition):
+            raise TrainError(
+                f"--precondition {cfg.precondition}: the run being resumed trains with {base.precondition!r}; "
+                "use another --out (with --resume-from-weights) to change it"
+            )
+        return base
     rank = cfg.gaussian_rank
     want = (int(unet.config.in_channels), int(dataset.resolution), int(dataset.resolution))
     if weights_base is not None:

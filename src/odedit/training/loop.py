@@ -49,7 +49,7 @@ from odedit.training.checkpoints import (
 )
 from odedit.training.base import resolve_gaussian_base
 from odedit.training.config import TrainConfig, TrainError, TrainResult
-from odedit.training.losses import _noise_tables, _noisy, lr_at, min_snr_weights, weighted_eps_loss
+from odedit.training.losses import _noise_tables, _noisy, lr_at, min_snr_weights, model_eps, weighted_eps_loss
 from odedit.unets import DEFAULT_SCHEDULER_CONFIG, build_unet
 
 # Keep the decoded dataset on the accelerator when it is at most this big (CelebA-64: 297 MB).
@@ -418,6 +418,9 @@ class _Run:
         )
         self.scales = self.log_sigma = None
         scales = None if self.base is None else self.base.scales(self.schedule.alpha_bar)
+        if scales is not None and cfg.min_snr_gamma is not None:
+            raise TrainError("the run's Gaussian base is preconditioned 'edm', which weights the loss itself: "
+                             "drop --min-snr-gamma")
         if scales is not None:  # EDM preconditioning (odedit.precond): c_in, c_out per level, lambda = 1/c_out^2
             c_in, c_out = (c.float().to(self.device) for c in scales)
             self.scales = (c_in, c_out)
@@ -684,13 +687,7 @@ class _Run:
                 t = lognormal_timesteps(self.log_sigma, B, gen)
             with accelerator.accumulate(model):
                 x_t = _noisy(x0, t, noise, self.tables)
-                if self.scales is None:
-                    pred = model(x_t, t, return_dict=False)[0]
-                else:
-                    c_in, c_out = (c[t].view(-1, 1, 1, 1) for c in self.scales)
-                    pred = c_out * model(c_in * x_t, t, return_dict=False)[0].float()
-                if self.base is not None:  # the network is the residual on the Gaussian (float32)
-                    pred = pred.float() + self.base.eps(x_t, self.alpha_bar[t])
+                pred = model_eps(model, x_t, t, self.base, self.alpha_bar, self.scales)
                 loss = weighted_eps_loss(pred, noise, t, self.loss_weights)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:

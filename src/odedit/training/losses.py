@@ -55,6 +55,24 @@ def weighted_eps_loss(pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, 
     return (weights[t] * per_sample).mean()
 
 
+def model_eps(net, x_t: torch.Tensor, t: torch.Tensor, base=None, alpha_bar=None, scales=None) -> torch.Tensor:
+    """The eps a training step scores: what :class:`odedit.models.GaussianResidualEps` computes at inference.
+
+    ``net`` is the diffusers UNet (called as ``net(x, t, return_dict=False)``), ``x_t`` (B, C, H, W),
+    ``t`` (B,) int64; ``base`` the Gaussian (or None: a plain eps network), ``alpha_bar`` (T,) on
+    x_t's device, ``scales`` (c_in, c_out) (T,) tables for EDM preconditioning or None.
+    Returns (B, C, H, W): float32 with a base or scales, else the network's dtype.
+    """
+    if scales is None:
+        pred = net(x_t, t, return_dict=False)[0]
+    else:
+        c_in, c_out = (c[t].view(-1, 1, 1, 1) for c in scales)
+        pred = c_out * net(c_in * x_t, t, return_dict=False)[0].float()
+    if base is not None:  # the network is the residual on the Gaussian (float32)
+        pred = pred.float() + base.eps(x_t, alpha_bar[t])
+    return pred
+
+
 def _noise_tables(schedule: NoiseSchedule, device) -> tuple[torch.Tensor, torch.Tensor]:
     ab = schedule.alpha_bar
     return ab.sqrt().float().to(device), (1.0 - ab).sqrt().float().to(device)
