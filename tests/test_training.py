@@ -236,8 +236,9 @@ def test_resume_from_weights_starts_fresh_from_trained_weights(trained, blobs, t
     from odedit.models import load_model
 
     assert load_model(tmp_path / "ft" / "model").sample_size == 16
-    with pytest.raises(TrainError, match="resolution"):
-        train(config(blobs, tmp_path / "ft2", steps=1, resume_from_weights=str(out / "model"), resolution=32))
+    # Another --resolution continues the same weights there (progressive training), it is no error.
+    train(config(blobs, tmp_path / "ft2", steps=1, resume_from_weights=str(out / "model"), resolution=24), log=quiet)
+    assert load_model(tmp_path / "ft2" / "model").sample_size == 24
 
 
 def test_minutes_grad_accum_and_bf16(blobs, tmp_path):
