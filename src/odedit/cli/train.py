@@ -155,7 +155,7 @@ def _add_objective_args(p) -> None:
         default=None,
         help="edm: EDM-style input/output scaling around the Gaussian base, its loss weighting and log-normal "
         "noise levels (Karras et al. 2022; with --gaussian-rank 0, around N(0, sigma_data^2 I) as in EDM). "
-        f"Default: {DEFAULT_PRECONDITION} for a new base, none with --gaussian-rank 0; a resumed run or a "
+        f"Default: {DEFAULT_PRECONDITION} for a new base, none with --gaussian-rank 0 or --min-snr-gamma; a resumed run or a "
         "warm start from a model with a base keeps that base's",
     )
     g.add_argument(

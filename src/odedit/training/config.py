@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from odedit.gaussian import PRECONDITIONS
+from odedit.precond import EDM_SIGMA_DATA
 from odedit.unets import UNET_CONFIGS
 
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")  # auto: odedit.devices.auto_mixed_precision
@@ -60,7 +61,7 @@ class TrainConfig:
     # 2022; odedit.precond) around the Gaussian base, or around N(0, sigma_data^2 I) without one.
     # None: keep the preconditioning of the base the run resumes or warm-starts from; a new base: none.
     precondition: Optional[str] = None
-    sigma_data: float = 0.5
+    sigma_data: float = EDM_SIGMA_DATA
     # How training draws noise levels: "uniform" over 0..T-1 (DDPM) or "lognormal" (EDM's
     # ln s ~ N(-1.2, 1.2^2) on the grid); None: lognormal when the run's base is preconditioned
     # "edm" (also on resume, where the base in the run folder decides), else uniform.
