@@ -291,7 +291,7 @@ def test_cli_trains_and_reports_data_errors(blobs, tmp_path, capsys):
     assert saved["resolved"]["start_step"] == 3
 
 
-def test_cli_default_preconditioning_is_edm_for_new_bases_only(blobs, tmp_path):
+def test_default_preconditioning_is_edm_for_new_bases_only(blobs, tmp_path):
     """New CLI runs get the recipe study's winner (a Gaussian base with EDM preconditioning); a warm
     start from a model whose base was trained without it keeps that base as it is (not zeroed);
     --gaussian-rank 0 stays a plain eps network."""
@@ -303,7 +303,10 @@ def test_cli_default_preconditioning_is_edm_for_new_bases_only(blobs, tmp_path):
     assert load_model(tmp_path / "new" / "model").base.precondition == "edm"
     assert cli(["train", "--out", str(tmp_path / "plain"), "--steps", "1", "--gaussian-rank", "0", *common]) == 0
     assert isinstance(load_model(tmp_path / "plain" / "model"), UNetEps)
-    train(config(blobs, tmp_path / "old", steps=2, gaussian_rank=8), log=quiet)  # the API default: none
+    # The API's default for a new base is the same; a plain-residual base is asked for explicitly.
+    train(config(blobs, tmp_path / "api", steps=0, gaussian_rank=8), log=quiet)
+    assert load_model(tmp_path / "api" / "model").base.precondition == "edm"
+    train(config(blobs, tmp_path / "old", steps=2, gaussian_rank=8, precondition="none"), log=quiet)
     old = load_model(tmp_path / "old" / "model")
     assert old.base.precondition == "none"
     warm = ["train", "--out", str(tmp_path / "warm"), "--steps", "0", "--resume-from-weights",
@@ -378,7 +381,8 @@ def test_gaussian_base_run_starts_at_the_gaussian_and_resumes(trained, blobs, tm
     from odedit.models import GaussianResidualEps, load_model
 
     _, scratch = trained
-    run = train(config(blobs, tmp_path / "gb", steps=4, checkpoint_every=2, gaussian_rank=8), log=quiet)
+    run = train(config(blobs, tmp_path / "gb", steps=4, checkpoint_every=2, gaussian_rank=8, precondition="none"),
+                log=quiet)
     base = GaussianBase.load(tmp_path / "gb" / "gaussian")
     assert base.rank == 8 and base.shape == (3, 16, 16) and base.num_images == 64  # 32 faces + mirrors
     # The zeroed head: the first loss is the Gaussian's, far below a fresh network's.

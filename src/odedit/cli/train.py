@@ -155,7 +155,7 @@ def _add_objective_args(p) -> None:
         default=None,
         help="edm: EDM-style input/output scaling around the Gaussian base, its loss weighting and log-normal "
         "noise levels (Karras et al. 2022; with --gaussian-rank 0, around N(0, sigma_data^2 I) as in EDM). "
-        f"Default: {DEFAULT_PRECONDITION} for a new base, none with --gaussian-rank 0 or --min-snr-gamma; a resumed run or a "
+        "Default: edm for a new base, none with --gaussian-rank 0 or --min-snr-gamma; a resumed run or a "
         "warm start from a model with a base keeps that base's",
     )
     g.add_argument(
@@ -203,10 +203,6 @@ def _add_checkpoint_args(p) -> None:
 
 # The rank of the Gaussian base of a new run (docs/training.md: the rank study).
 DEFAULT_GAUSSIAN_RANK = 512
-# The preconditioning of a new base (docs/training.md: the session-11 recipe study, R3). Runs that
-# resume, or warm-start from a model with a base, keep that base's unless --precondition is given.
-DEFAULT_PRECONDITION = "edm"
-
 # Settings a resumed run takes from its train_config.json unless given again on the command line.
 INHERITED = (
     "data", "config", "resolution", "fit", "flip", "workers", "steps", "minutes", "batch_size", "grad_accum",
@@ -241,24 +237,13 @@ def resolve_settings(args) -> dict:
     return {**saved, **explicit}
 
 
-def _keeps_a_base(args) -> bool:
-    """Whether the run continues a base (its own on --resume, the weights' on --resume-from-weights)."""
-    from odedit.training import latest_checkpoint
-
-    if args.resume and latest_checkpoint(Path(args.out).expanduser()) is not None:
-        return True
-    return bool(args.resume_from_weights) and (Path(args.resume_from_weights).expanduser() / "gaussian").is_dir()
-
-
 def run(args) -> int:
     from odedit.data import DatasetError
     from odedit.training import TrainConfig, TrainError, train
 
+    # --precondition unset: a new base gets "edm", a resumed or warm-started base keeps its own
+    # (odedit.training.base.new_base_precondition / resolve_gaussian_base).
     settings = {"mixed_precision": "auto", "gaussian_rank": DEFAULT_GAUSSIAN_RANK, **resolve_settings(args)}
-    if "precondition" not in settings and not _keeps_a_base(args):
-        # min-SNR is its own loss weighting: a run that asks for it gets the plain residual.
-        wants_edm = settings["gaussian_rank"] and settings.get("min_snr_gamma") is None
-        settings["precondition"] = DEFAULT_PRECONDITION if wants_edm else "none"
     try:
         cfg = TrainConfig(
             out=str(args.out),

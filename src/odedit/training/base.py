@@ -58,6 +58,15 @@ def _fit(cfg: TrainConfig, dataset: ImageArrayDataset, rank: int, say: Callable[
     return base
 
 
+def new_base_precondition(cfg: TrainConfig) -> str:
+    """The preconditioning of a newly fitted base: the one asked for, else "edm" (the recipe study's
+    winner, docs/training.md), except with min-SNR weighting, which is a loss weighting of its own
+    and gets the plain residual ("none")."""
+    if cfg.precondition is not None:
+        return cfg.precondition
+    return "none" if cfg.min_snr_gamma is not None else "edm"
+
+
 def resolve_gaussian_base(
     cfg: TrainConfig,
     out: Path,
@@ -100,7 +109,7 @@ def resolve_gaussian_base(
             base = replace(base, precondition=cfg.precondition)
             zero_output_layer(unet)
     elif rank:
-        base = replace(_fit(cfg, dataset, int(rank), say).as_stored(), precondition=cfg.precondition or "none")
+        base = replace(_fit(cfg, dataset, int(rank), say).as_stored(), precondition=new_base_precondition(cfg))
         zero_output_layer(unet)
     elif cfg.precondition == "edm":
         base = GaussianBase.isotropic(want, cfg.sigma_data**2, "edm")

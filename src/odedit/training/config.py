@@ -59,7 +59,8 @@ class TrainConfig:
     gaussian_rank: Optional[int] = 0
     # "edm": EDM-style preconditioning, loss weighting and log-normal noise levels (Karras et al.
     # 2022; odedit.precond) around the Gaussian base, or around N(0, sigma_data^2 I) without one.
-    # None: keep the preconditioning of the base the run resumes or warm-starts from; a new base: none.
+    # None: keep the preconditioning of the base the run resumes or warm-starts from; a newly fitted
+    # base gets "edm" (the recipe study's winner), or "none" with min_snr_gamma.
     precondition: Optional[str] = None
     sigma_data: float = EDM_SIGMA_DATA
     # How training draws noise levels: "uniform" over 0..T-1 (DDPM) or "lognormal" (EDM's
