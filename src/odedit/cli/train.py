@@ -89,7 +89,7 @@ def _add_length_args(p) -> None:
 def _add_optim_args(p) -> None:
     """The "optimisation" flags."""
     g = p.add_argument_group("optimisation")
-    g.add_argument("--lr", type=ranged(float, 0.0, lo_open=True), default=None, help="AdamW learning rate (default 2e-4)")
+    g.add_argument("--lr", type=ranged(float, 0.0, lo_open=True), default=None, help="AdamW learning rate (default 1e-3)")
     g.add_argument("--warmup-steps", type=ranged(int, 0), default=None, help="linear LR warm-up (default 500)")
     g.add_argument(
         "--lr-schedule",

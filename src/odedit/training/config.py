@@ -38,7 +38,10 @@ class TrainConfig:
     grad_accum: int = 1
     steps: Optional[int] = None
     minutes: Optional[float] = None
-    lr: float = 2e-4
+    # docs/training.md, recipe study part 3: with the EDM-preconditioned residual, 1e-3 trained the
+    # low noise levels 37 % better than 3e-4 at equal images (batch 32) and stayed stable in the
+    # long run. EDM itself used 1e-3 at batch 512 on CIFAR-10 and 2e-4 at batch 256 on FFHQ 64.
+    lr: float = 1e-3
     warmup_steps: int = 500
     lr_schedule: str = "constant"
     weight_decay: float = 0.0
