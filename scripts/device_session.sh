@@ -23,6 +23,7 @@
 # Back here: bash scripts/device_unpack.sh FILES_AT  (reassembles under runs/device/).
 #
 # Settings (environment): TRAIN_MINUTES (5), TRAIN_BATCH (256), CHECKPOINT_MINUTES (2),
+# TRAIN_LR (2e-4: EDM's rate at batch 256; odedit train's default 1e-3 was measured at batch 32),
 # TRAIN_EXTRA (extra train flags), CONFIG (celeba64), DEVICE (cuda), MIXED_PRECISION (bf16),
 # QUALITY_N (2000), QUALITY_STEPS (100), QUALITY_BATCH (500), LIMIT (500), BENCH_BATCH (250),
 # BENCH_DTYPE (float32; cuDNN still uses TF32 convolutions, PyTorch's default), BENCH_EXTRA
@@ -119,7 +120,7 @@ RUN=runs/device-prior
 rm -rf "$RUN"
 say "phase 1: train $CONFIG for ${TRAIN_MINUTES:-5} min"
 run_boxed 150 "$PY" -m odedit.cli train --data "$DATA/train.zip" --out "$RUN" --config "$CONFIG" \
-  --mixed-precision "${MIXED_PRECISION:-bf16}" --batch-size "${TRAIN_BATCH:-256}" \
+  --mixed-precision "${MIXED_PRECISION:-bf16}" --batch-size "${TRAIN_BATCH:-256}" --lr "${TRAIN_LR:-2e-4}" \
   --minutes "${TRAIN_MINUTES:-5}" --checkpoint-minutes "${CHECKPOINT_MINUTES:-2}" \
   --workers 16 --export-fp16 --sample-every 0 --quiet "${TRAIN_EXTRA_ARGS[@]}"
 check train $?

@@ -284,10 +284,10 @@ def test_cli_trains_and_reports_data_errors(blobs, tmp_path, capsys):
     assert cli([*argv, "--data", str(blobs), "--steps", "4", "--cpu", "--quiet"]) == 2  # checkpoints exist
     assert "--resume" in capsys.readouterr().err
     # --resume keeps the run's settings unless given again (here: only --steps and --lr change).
-    assert cli(["train", "--out", str(out), "--resume", "--steps", "5", "--lr", "1e-3", "--cpu", "--quiet"]) == 0
+    assert cli(["train", "--out", str(out), "--resume", "--steps", "5", "--lr", "7e-4", "--cpu", "--quiet"]) == 0
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["config"]["batch_size"] == 4 and saved["config"]["sample_every"] == 2
-    assert saved["config"]["lr"] == 1e-3 and saved["config"]["steps"] == 5
+    assert saved["config"]["lr"] == 7e-4 and saved["config"]["steps"] == 5
     assert saved["resolved"]["start_step"] == 3
 
 
@@ -306,6 +306,8 @@ def test_default_preconditioning_is_edm_for_new_bases_only(blobs, tmp_path):
     # The API's default for a new base is the same; a plain-residual base is asked for explicitly.
     train(config(blobs, tmp_path / "api", steps=0, gaussian_rank=8), log=quiet)
     assert load_model(tmp_path / "api" / "model").base.precondition == "edm"
+    resolved = json.loads((tmp_path / "api" / "train_config.json").read_text())["resolved"]
+    assert (resolved["precondition"], resolved["noise_levels"]) == ("edm", "lognormal")
     train(config(blobs, tmp_path / "old", steps=2, gaussian_rank=8, precondition="none"), log=quiet)
     old = load_model(tmp_path / "old" / "model")
     assert old.base.precondition == "none"

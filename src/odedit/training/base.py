@@ -11,7 +11,7 @@ Where the base comes from, in order:
 4. ``--precondition edm`` without a rank: EDM's isotropic N(0, sigma_data^2 I).
 
 The base carries ``--precondition`` (:mod:`odedit.precond`; not given: the base it comes from keeps
-its own, a new base has none). A network that was not a residual of that kind (fresh, warm-started
+its own, a new base gets edm, or none with ``--min-snr-gamma``: :func:`new_base_precondition`). A network that was not a residual of that kind (fresh, warm-started
 from a plain eps model, or from a base with the other preconditioning) gets its output convolution
 zeroed, so the untrained model is exactly the
 Gaussian's denoiser and the trunk's features are kept.
@@ -30,7 +30,7 @@ from odedit.data import ImageArrayDataset, batch_to_model_space
 from odedit.gaussian import GAUSSIAN_DIR, GaussianBase, fit_ppca
 from odedit.training.config import TrainConfig, TrainError
 
-__all__ = ["resolve_gaussian_base", "zero_output_layer"]
+__all__ = ["new_base_precondition", "resolve_gaussian_base", "zero_output_layer"]
 
 
 def zero_output_layer(unet) -> None:

@@ -460,6 +460,9 @@ class _Run:
             started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             resumed_from=str(ckpt) if ckpt else None,
             start_step=self.start_step,
+            # what precondition=None / noise_levels=None resolved to (the base decides them)
+            precondition=None if self.base is None else self.base.precondition,
+            noise_levels=self.noise_levels,
         )
         cfg_dict = asdict(cfg)
         cfg_dict["data"] = str(Path(self.data_path).expanduser().resolve())  # absolute: --resume may run elsewhere
