@@ -203,6 +203,7 @@ def _add_checkpoint_args(p) -> None:
 
 # The rank of the Gaussian base of a new run (docs/training.md: the rank study).
 DEFAULT_GAUSSIAN_RANK = 512
+
 # Settings a resumed run takes from its train_config.json unless given again on the command line.
 INHERITED = (
     "data", "config", "resolution", "fit", "flip", "workers", "steps", "minutes", "batch_size", "grad_accum",
@@ -243,7 +244,6 @@ def run(args) -> int:
 
     # --precondition unset: a new base gets "edm", a resumed or warm-started base keeps its own
     # (odedit.training.base.new_base_precondition / resolve_gaussian_base).
-    settings = {"mixed_precision": "auto", "gaussian_rank": DEFAULT_GAUSSIAN_RANK, **resolve_settings(args)}
     try:
         cfg = TrainConfig(
             out=str(args.out),
@@ -251,7 +251,7 @@ def run(args) -> int:
             resume_from_weights=args.resume_from_weights,
             cpu=args.cpu,
             progress=not args.quiet,
-            **settings,
+            **{"mixed_precision": "auto", "gaussian_rank": DEFAULT_GAUSSIAN_RANK, **resolve_settings(args)},
         )
     except TypeError as err:  # pragma: no cover - a saved config from another version
         raise CLIError(f"incompatible saved settings: {err}") from None

@@ -10,11 +10,11 @@ Where the base comes from, in order:
    mirror images; :func:`odedit.gaussian.fit_ppca`, seeded by ``--seed``);
 4. ``--precondition edm`` without a rank: EDM's isotropic N(0, sigma_data^2 I).
 
-The base carries ``--precondition`` (:mod:`odedit.precond`; not given: the base it comes from keeps
-its own, a new base gets edm, or none with ``--min-snr-gamma``: :func:`new_base_precondition`). A network that was not a residual of that kind (fresh, warm-started
-from a plain eps model, or from a base with the other preconditioning) gets its output convolution
-zeroed, so the untrained model is exactly the
-Gaussian's denoiser and the trunk's features are kept.
+The base carries ``--precondition`` (:mod:`odedit.precond`; not given: the base it comes from
+keeps its own, a new base gets edm, or none with ``--min-snr-gamma``: :func:`new_base_precondition`).
+A network that was not a residual of that kind (fresh, warm-started from a plain eps model, or from
+a base with the other preconditioning) gets its output convolution zeroed, so the untrained model
+is exactly the Gaussian's denoiser and the trunk's features are kept.
 """
 
 from __future__ import annotations
