@@ -143,6 +143,15 @@ def test_lr_schedule():
     assert lr_at(4, 1.0, 4, "cosine", 104) == pytest.approx(1.0)
     assert lr_at(104, 1.0, 4, "cosine", 104) == pytest.approx(0.0, abs=1e-12)
     assert lr_at(54, 1.0, 4, "linear", 104) == pytest.approx(0.5)
+    # a cool-down over the last 20 steps only: constant before it, linear to 0 within it
+    assert lr_at(83, 1.0, 4, "linear", 104, decay_steps=20) == 1.0
+    assert lr_at(94, 1.0, 4, "linear", 104, decay_steps=20) == pytest.approx(0.5)
+    assert lr_at(104, 1.0, 4, "cosine", 104, decay_steps=20) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(54, 1.0, 4, "linear", 104, decay_steps=500) == pytest.approx(0.5)  # never before warm-up ends
+    with pytest.raises(TrainError, match="--lr-schedule linear or cosine"):
+        TrainConfig(data="d", steps=10, decay_steps=5).validate()
+    with pytest.raises(TrainError, match="decay steps"):
+        TrainConfig(data="d", steps=10, lr_schedule="linear", decay_steps=0).validate()
 
 
 # ---- the loop -----------------------------------------------------------------------------
@@ -289,6 +298,12 @@ def test_cli_trains_and_reports_data_errors(blobs, tmp_path, capsys):
     assert saved["config"]["batch_size"] == 4 and saved["config"]["sample_every"] == 2
     assert saved["config"]["lr"] == 7e-4 and saved["config"]["steps"] == 5
     assert saved["resolved"]["start_step"] == 3
+    # a cool-down branch of the constant-lr run: linear to 0 over its last 2 steps (log: lr of step - 1)
+    assert cli(["train", "--out", str(out), "--resume", "--steps", "7", "--lr-schedule", "linear",
+                "--decay-steps", "2", "--warmup-steps", "1", "--log-every", "1", "--cpu", "--quiet"]) == 0  # fmt: skip
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())}
+    assert lrs[6] == pytest.approx(7e-4) and lrs[7] == pytest.approx(3.5e-4)
+    assert json.loads((out / "train_config.json").read_text())["config"]["decay_steps"] == 2
 
 
 def test_default_preconditioning_is_edm_for_new_bases_only(blobs, tmp_path):

@@ -97,6 +97,14 @@ def _add_optim_args(p) -> None:
         default=None,
         help="after warm-up (default constant, as in DDPM); cosine/linear decay to 0 at --steps",
     )
+    g.add_argument(
+        "--decay-steps",
+        type=ranged(int, 1),
+        default=None,
+        metavar="N",
+        help="decay only over the last N steps before --steps (default: all after warm-up); with --resume "
+        "and a larger --steps, a cool-down of a constant-lr run",
+    )
     g.add_argument("--weight-decay", type=ranged(float, 0.0), default=None, help="AdamW weight decay (default 0)")
     g.add_argument(
         "--max-grad-norm", type=ranged(float, 0.0), default=None, help="gradient clipping, 0 = off (default 1)"
@@ -207,7 +215,7 @@ DEFAULT_GAUSSIAN_RANK = 512
 # Settings a resumed run takes from its train_config.json unless given again on the command line.
 INHERITED = (
     "data", "config", "resolution", "fit", "flip", "workers", "steps", "minutes", "batch_size", "grad_accum",
-    "lr", "warmup_steps", "lr_schedule", "weight_decay", "max_grad_norm", "ema_decay", "ema_power",
+    "lr", "warmup_steps", "lr_schedule", "decay_steps", "weight_decay", "max_grad_norm", "ema_decay", "ema_power",
     "min_snr_gamma", "gaussian_rank", "precondition", "sigma_data", "noise_levels", "mixed_precision", "tf32",
     "compile", "seed", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "export_fp16",
     "export_raw", "sample_every", "sample_steps", "num_samples", "log_every",

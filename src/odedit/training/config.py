@@ -44,6 +44,9 @@ class TrainConfig:
     lr: float = 1e-3
     warmup_steps: int = 500
     lr_schedule: str = "constant"
+    # None: a cosine/linear schedule decays over every step after the warm-up. N: only over the
+    # last N steps before --steps (a cool-down; with --resume, a branch of a constant-lr run).
+    decay_steps: Optional[int] = None
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -106,6 +109,11 @@ class TrainConfig:
             raise TrainError(f"lr schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.lr_schedule != "constant" and self.steps is None:
             raise TrainError(f"--lr-schedule {self.lr_schedule} decays to 0 at --steps: pass --steps")
+        if self.decay_steps is not None:
+            if self.decay_steps < 1:
+                raise TrainError(f"decay steps must be >= 1, got {self.decay_steps}")
+            if self.lr_schedule == "constant":
+                raise TrainError("--decay-steps sets the length of a decay: pass --lr-schedule linear or cosine")
         if not 0.0 <= self.ema_decay <= 1.0:
             raise TrainError(f"EMA decay must be in [0, 1], got {self.ema_decay}")
         if self.ema_power is not None and not 0.0 < self.ema_power <= 1.0:

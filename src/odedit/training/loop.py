@@ -584,7 +584,7 @@ class _Run:
             step=step,
             loss=round(mean, 6),
             loss_ema=round(state.loss_ema, 6),
-            lr=lr_at(step - 1, cfg.lr, cfg.warmup_steps, cfg.lr_schedule, cfg.steps),
+            lr=lr_at(step - 1, cfg.lr, cfg.warmup_steps, cfg.lr_schedule, cfg.steps, cfg.decay_steps),
             images_per_s=round(ips, 2),
             elapsed_s=round(self.train_seconds_now(), 2),
         )
@@ -673,7 +673,7 @@ class _Run:
         """One optimizer step (``A`` micro-batches) and the EMA update; advances the counters."""
         cfg, step, accelerator, model, optimizer = self.cfg, self.step, self.accelerator, self.model, self.optimizer
         B, A, world, rank, device, images, gen = self.B, self.A, self.world, self.rank, self.device, self.images, self.gen
-        lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.lr_schedule, cfg.steps)
+        lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.lr_schedule, cfg.steps, cfg.decay_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         for micro in range(A):

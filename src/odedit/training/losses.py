@@ -20,18 +20,29 @@ import torch.nn.functional as F
 from odedit.schedule import NoiseSchedule
 
 
-def lr_at(step: int, lr: float, warmup_steps: int, schedule: str = "constant", total_steps: Optional[int] = None) -> float:
+def lr_at(
+    step: int,
+    lr: float,
+    warmup_steps: int,
+    schedule: str = "constant",
+    total_steps: Optional[int] = None,
+    decay_steps: Optional[int] = None,
+) -> float:
     """Learning rate of the update made at optimizer step ``step`` (0-based).
 
     Linear warm-up from lr/warmup to lr over ``warmup_steps`` updates, then constant,
-    or a cosine / linear decay to 0 at ``total_steps``.
+    or a cosine / linear decay to 0 at ``total_steps``. The decay spans every step after the
+    warm-up, or only the last ``decay_steps`` (constant before them: warm-up, stable, decay,
+    as in Hagele et al. 2024, "Scaling laws and compute-optimal training beyond fixed training
+    durations", where a linear cool-down of 10-20 % of the run matched a whole cosine schedule).
     """
     scale = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
     if schedule != "constant":
         if total_steps is None:
             raise ValueError(f"the {schedule} schedule needs total_steps")
-        span = max(1, total_steps - warmup_steps)
-        progress = min(1.0, max(0.0, (step - warmup_steps) / span))
+        start = warmup_steps if decay_steps is None else max(warmup_steps, total_steps - decay_steps)
+        span = max(1, total_steps - start)
+        progress = min(1.0, max(0.0, (step - start) / span))
         scale *= 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
     return lr * scale
 
