@@ -413,12 +413,16 @@ def test_gaussian_base_run_starts_at_the_gaussian_and_resumes(trained, blobs, tm
     assert isinstance(load_model(tmp_path / "gb" / "model"), GaussianResidualEps)
 
 
-def test_warm_start_from_a_plain_model_zeroes_the_head(trained, blobs, tmp_path):
+@pytest.mark.parametrize("precondition", [None, "none"])  # None: a new base gets edm
+def test_warm_start_from_a_plain_model_zeroes_the_head(trained, blobs, tmp_path, precondition):
     from odedit.models import load_model
 
     out, _ = trained
-    train(config(blobs, tmp_path / "w", steps=0, resume_from_weights=str(out / "model"), gaussian_rank=6), log=quiet)
+    warm = config(blobs, tmp_path / "w", steps=0, resume_from_weights=str(out / "model"), gaussian_rank=6,
+                  precondition=precondition)  # fmt: skip
+    train(warm, log=quiet)
     model = load_model(tmp_path / "w" / "model")
+    assert model.base.precondition == (precondition or "edm")
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         for t in (5, 400, 900):
