@@ -199,8 +199,25 @@ def test_python_api_matches_cli(tiny_model, faces, tmp_path):
     image = fit_square(load_image_uint8(faces / "face2.png"), 16)
     gen = torch.Generator().manual_seed(image_seed(0, "face2.png"))
     api = unit_to_uint8(restorer.restore(uint8_to_unit(image[None]), generator=[gen]))[0]
-    assert np.array_equal(api, read(out / "face2.png"))
     assert os.path.exists(out / "restore.json")
+    # The crop's output keeps the input where the restoration's change is not the input's noise
+    # (odedit.fidelity.keep_input, the whole crop as the face) ...
+    from odedit.fidelity import keep_input
+
+    gated = keep_input(api.astype(np.float32), image, 1.0, mask=np.ones(image.shape[:2], np.float32))
+    assert np.array_equal(np.clip(np.rint(gated), 0, 255).astype(np.uint8), read(out / "face2.png"))
+    # (the untrained tiny model's change is no denoising: most of it is refused)
+    err = lambda a: np.abs(a.astype(float) - image).mean()  # noqa: E731
+    assert err(read(out / "face2.png")) < 0.5 * err(api)
+    # ... and without the gate and the colour match it is the restorer's output itself.
+    raw = tmp_path / "raw"
+    assert run_cli([str(faces / "face2.png"), "-o", str(raw), "--model", str(tiny_model), *FAST,
+                    "--fidelity", "0", "--no-match-colour"]) == 0  # fmt: skip
+    assert np.array_equal(api, read(raw / "face2.png"))
+    entry = json.loads((raw / "restore.json").read_text())["images"]["face2.png"]
+    assert (entry["fidelity"], entry["match_colour"], entry["restoration_kept"]) == (0.0, False, 1.0)
+    kept = json.loads((out / "restore.json").read_text())["images"]["face2.png"]["restoration_kept"]
+    assert 0.0 <= kept < 0.5
 
 
 def test_concurrent_loads_leave_no_meta_device_patch(tiny_model):

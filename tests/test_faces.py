@@ -339,3 +339,44 @@ def test_detector_retries_on_a_smoothed_copy_of_a_noisy_photo():
         (ref,) = det.detect(clean)
     assert found.smoothed and not ref.smoothed
     assert np.abs(found.keypoints[:4] - ref.keypoints[:4]).max() < 15  # px of 384
+
+
+def _aligned_job(photo: np.ndarray, size: int, fit: str):
+    from odedit.faces import plan_photo
+
+    return plan_photo(photo, size, lambda i: 7, faces_mode="aligned", fit=fit)
+
+
+@pytest.mark.parametrize("fit", ["stretch", "crop"])
+def test_aligned_crops_keep_the_input_where_the_change_is_not_its_noise(fit):
+    """An aligned crop is gated like a pasted face (the whole crop is the face): a change the input's
+    noise cannot explain is refused, a change that removes its noise is kept, and ``--keep-size``
+    keeps a clean input's detail finer than the model frame."""
+    from odedit.faces import finish_aligned
+
+    clean = np.asarray(Image.open(FACE).convert("RGB").resize((64, 80), Image.LANCZOS), dtype=np.float32)
+    noise = np.random.default_rng(0).normal(0.0, 25.0, clean.shape)
+    noisy = np.clip(np.rint(clean + noise), 0, 255).astype(np.uint8)
+    clean = clean.astype(np.uint8)
+    for photo, restored_from, should_keep in ((clean, "other", False), (noisy, "clean", True)):
+        job = _aligned_job(photo, 16, fit)
+        truth = _aligned_job(clean, 16, fit).crops[0]
+        other = np.ascontiguousarray(truth[::-1])  # a wrong face: upside down
+        frame = truth if restored_from == "clean" else other
+        out, info = finish_aligned(job, frame, fit=fit)
+        assert out.shape == (16, 16, 3) and info["mode"] == "aligned" and info["low_band"] == "local"
+        err = lambda a, b: np.abs(a.astype(float) - b).mean()  # noqa: E731
+        if should_keep:  # the restoration removed the input's noise: most of it stays
+            assert info["restoration_kept"] > 0.5 and err(out, truth) < 0.6 * err(job.crops[0], truth)
+        else:  # a clean input and a restoration that is another face: refused
+            assert info["restoration_kept"] < 0.2 and err(out, job.crops[0]) < 0.2 * err(frame, job.crops[0])
+        raw, raw_info = finish_aligned(job, frame, fit=fit, fidelity=0.0, match_colour=False)
+        assert np.array_equal(raw, frame) and raw_info["restoration_kept"] == 1.0
+    # at the input's size: a clean crop restored as itself comes back with its own fine detail
+    job = _aligned_job(clean, 16, fit)
+    big, _ = finish_aligned(job, job.crops[0], keep_size=True, fit=fit)
+    plain, _ = finish_aligned(job, job.crops[0], keep_size=True, fit=fit, fidelity=0.0, match_colour=False)
+    assert big.shape == plain.shape == clean.shape
+    assert err(big, clean) < 0.5 * err(plain, clean)
+    if fit == "crop":  # outside the central square the input is untouched
+        assert np.array_equal(big[:8], clean[:8]) and np.array_equal(big[-8:], clean[-8:])

@@ -302,12 +302,8 @@ def finish_photo(
     if len(restored) != len(job.crops):
         raise ValueError(f"{len(job.crops)} crops but {len(restored)} restorations")
     if job.faces is None:
-        result = np.asarray(restored[0], dtype=np.uint8)
-        if keep_size:
-            from odedit.imageio import unfit_square
-
-            result = unfit_square(result, job.photo, fit)
-        return result, {"mode": "aligned", "status": "restored", "seed": job.seeds[0]}
+        return finish_aligned(job, restored[0], upsampler, keep_size=keep_size, fit=fit, fidelity=fidelity,
+                              match_colour=match_colour, low_band=low_band)
     if not job.faces:
         info = {"mode": "faces", "status": "no_face_copied_unchanged", "faces": [], "faces_left_out": 0}
         if job.no_face_reason:
@@ -325,5 +321,62 @@ def finish_photo(
                    "match_colour": match_colour, "low_band": low_band} for f, s, k, mi in zip(job.faces, job.seeds, factors, masks)],
         "faces_left_out": job.faces_left_out,
     }
+    return result, info
+
+
+def finish_aligned(
+    job: PhotoJob,
+    frame: np.ndarray,
+    upsampler=None,
+    *,
+    keep_size: bool = False,
+    fit: str = "stretch",
+    fidelity: float = fidelity_mod.DEFAULT_FIDELITY,
+    match_colour: bool = fidelity_mod.DEFAULT_MATCH_COLOUR,
+    low_band: str = fidelity_mod.DEFAULT_LOW_BAND,
+) -> tuple[np.ndarray, dict]:
+    """An aligned crop's output: its restoration, gated like a pasted face (the whole crop is the face).
+
+    The restoration keeps its change only where the input's noise explains it, and at the input's
+    size (``keep_size``) the input's detail finer than the model frame where it is signal
+    (:func:`odedit.fidelity.keep_input`): so a blurred or clean crop does not come back worse
+    than it went in. ``fidelity`` 0 and no ``match_colour`` give the restoration as it is.
+
+    Args:
+        frame: (size, size, 3) uint8, the restored crop. job: its :class:`PhotoJob` (no faces).
+        upsampler: as in :func:`finish_photo`; used only with ``keep_size`` (None = Lanczos).
+    Returns:
+        (result, info): (size, size, 3) uint8, or the input's (H, W, 3) with ``keep_size``; info
+        records the settings and ``restoration_kept`` (the share of the coarse change kept).
+    """
+    from odedit.imageio import unfit_square
+
+    if low_band not in fidelity_mod.LOW_BANDS:
+        raise ValueError(f"low band mode must be one of {fidelity_mod.LOW_BANDS}, got {low_band!r}")
+    frame = np.asarray(frame, dtype=np.uint8)
+    size = frame.shape[0]
+    target = np.asarray(job.crops[0], dtype=np.uint8)  # the input at the model's size
+    factor = 1.0
+    if keep_size:
+        h, w = job.photo.shape[:2]
+        side = min(h, w)
+        rh, rw = (h, w) if fit == "stretch" else (side, side)
+        top, left = (h - rh) // 2, (w - rw) // 2
+        target = np.asarray(job.photo, dtype=np.uint8)[top : top + rh, left : left + rw]
+        need = needed_factor(size / max(rh, rw))
+        if need > 1:
+            up = upsampler if upsampler is None or hasattr(upsampler, "upsample") else upsampler()
+            frame = (up or LanczosUpsampler()).upsample([frame], need)[0]
+        frame = resize_to(frame, rw, rh)
+        factor = min(rh, rw) / size  # photo px per frame px along the shorter side (the stricter split)
+    stats: dict = {}
+    refine = _refiner(factor, fidelity, match_colour, low_band, fidelity_mod.LOW_MARGIN, stats)
+    if refine is not None:
+        whole = np.ones(target.shape[:2], dtype=np.float32)
+        frame = np.clip(np.rint(refine(frame.astype(np.float32), target, whole)), 0, 255).astype(np.uint8)
+    result = unfit_square(frame, job.photo, fit) if keep_size else frame
+    info = {"mode": "aligned", "status": "restored", "seed": job.seeds[0], "fidelity": fidelity,
+            "match_colour": match_colour, "low_band": low_band,
+            "restoration_kept": round(stats.get("restoration_kept", 1.0), 4)}
     return result, info
 

@@ -169,8 +169,8 @@ def run_settings(
 def image_entry(input_path: str, run_id: str, info: dict, output_shape: Optional[tuple] = None) -> dict:
     """An output's ``images`` entry from what the pipeline said about it (``info``:
     :meth:`odedit.pipeline.Pipeline.run`): its input, seed, run, input and output sizes, mode,
-    status, and for whole photos the faces (when any), the faces left out, the upsampler and
-    why none was looked for."""
+    status, for whole photos the faces (when any), the faces left out, the upsampler and
+    why none was looked for, and for aligned crops the gate's settings and the share it kept."""
     entry = {
         "input": input_path,
         "seed": info["seed"],
@@ -184,6 +184,10 @@ def image_entry(input_path: str, run_id: str, info: dict, output_shape: Optional
         entry["faces"] = info["faces"]
     if info["mode"] == "faces":
         entry["faces_left_out"] = info["faces_left_out"]  # found beyond max_faces, not restored
+    if info["mode"] == "aligned":
+        for key in ("fidelity", "match_colour", "low_band", "restoration_kept"):
+            if key in info:
+                entry[key] = info[key]
     if "no_face_reason" in info:
         entry["no_face_reason"] = info["no_face_reason"]
     if output_shape is not None:

@@ -53,7 +53,11 @@ with --quiet).
 Aligned face crops (--faces aligned, or any input already at the model's size): the whole
 image is the face. It is resized to the model's square resolution (--fit stretch: whole
 frame, Lanczos; --fit crop: central square first) and restored; the output is at the
-model's resolution, or at the input's size with --keep-size.
+model's resolution, or at the input's size with --keep-size (upscaled by --upsampler, with
+the input's own detail finer than the model's where it is detail). Like a pasted face, it
+keeps the restoration's change only where the input's noise explains it (--low-band,
+--fidelity 0 for the restoration as it is), so a blurred or clean crop does not come back
+worse than it went in.
 
 Inputs: files and/or folders (folders: the images directly inside). Any Pillow-readable
 image and mode is accepted: RGBA is composited over white, greyscale and 16-bit images
@@ -182,8 +186,8 @@ def _add_photo_args(p: argparse.ArgumentParser) -> None:
         help=f"0..1 (default {DEFAULT_FIDELITY:g}): how much of the photo a pasted face keeps where the "
         "restoration's change is not explained by the photo's noise: its detail finer than the model's 64 px "
         "(where it is detail rather than noise) and, unless --low-band off, its coarse band "
-        "(1 = all of it, 0 = the upsampled restoration alone); whole photos only, an aligned crop comes back "
-        "as restored",
+        "(1 = all of it, 0 = the upsampled restoration alone); an aligned crop is one face filling the frame "
+        "(its fine band only with --keep-size)",
     )
     f.add_argument(
         "--low-band",
@@ -192,7 +196,7 @@ def _add_photo_args(p: argparse.ArgumentParser) -> None:
         help=f"the coarse-band gate (default {DEFAULT_LOW_BAND}): keep the restoration's change to the face's "
         "coarse band only where the photo's noise explains it, so a clean face comes back as it was; "
         "local: per region (an erased pair of glasses is refused where it happens), global: one share per "
-        "face, off: the restoration's coarse band as is (more change, the old behaviour); whole photos only",
+        "face, off: the restoration's coarse band as is (more change, the old behaviour)",
     )
     f.add_argument(
         "--match-colour",
