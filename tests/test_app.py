@@ -81,6 +81,9 @@ def test_result_note_says_when_the_gate_kept_the_photo():
     note = result_note("a.png", img, {**base, "faces": faces(0.9, 0.07)})
     assert note.startswith("Restored a.png") and "kept only 7% of the model's change" in note
     assert "No face was found" in result_note("a.png", img, {"status": "no_face_copied_unchanged"})
+    crop = {**base, "mode": "aligned"}  # an aligned crop: the whole crop is the face
+    assert "kept only 12%" in result_note("a.png", img, {**crop, "restoration_kept": 0.12})
+    assert result_note("a.png", img, {**crop, "restoration_kept": 0.8}).endswith("per face.")
 
 
 def test_engine_result_equals_odedit_restore(tiny_unet_dir, tmp_path):

@@ -218,6 +218,11 @@ def test_python_api_matches_cli(tiny_model, faces, tmp_path):
     assert (entry["fidelity"], entry["match_colour"], entry["restoration_kept"]) == (0.0, False, 1.0)
     kept = json.loads((out / "restore.json").read_text())["images"]["face2.png"]["restoration_kept"]
     assert 0.0 <= kept < 0.5
+    from odedit.cli.restore import crop_line
+
+    assert crop_line("a.png", {"restoration_kept": 0.083}) == (
+        "a.png: kept 8% of the restoration's change (the rest was not explained by the crop's noise; "
+        "--low-band off keeps all of it)")
 
 
 def test_concurrent_loads_leave_no_meta_device_patch(tiny_model):

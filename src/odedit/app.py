@@ -227,6 +227,8 @@ def result_note(name: str, result: np.ndarray, info: dict) -> str:
         return "No face was found: the photo is shown unchanged (try *aligned* for a face crop)."
     note = f"Restored {name}: {result.shape[1]}x{result.shape[0]} px, {info['model_calls_per_face']} model calls per face."
     kept = [f.get("restoration_kept", 1.0) for f in info.get("faces") or []]
+    if info.get("mode") == "aligned":  # the whole crop is the face
+        kept = [info.get("restoration_kept", 1.0)]
     if kept and min(kept) < LOW_KEPT:
         note += (f" A face kept only {min(kept):.0%} of the model's change: the rest was not explained by the"
                  " photo's noise, so the photo's own pixels stayed (`odedit restore --low-band off` keeps it all).")

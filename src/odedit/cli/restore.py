@@ -544,6 +544,8 @@ class _Files:
         self.counts["no_face" if entry["status"] != "restored" else "restored"] += 1
         if self.show and entry["mode"] == "faces":
             self.bar.write(photo_line(item.src.name, entry), file=sys.stderr)
+        elif self.show and entry.get("restoration_kept", 1.0) < LOW_KEPT:
+            self.bar.write(crop_line(item.src.name, entry), file=sys.stderr)
         self.status("")
         self.bar.update(1)
 
@@ -720,6 +722,12 @@ def photo_line(name: str, entry: dict) -> str:
         line += (f"; kept {_and([f'{int(100 * k)}%' for k in kept])} of the restoration's change "
                  "(the rest was not explained by the photo's noise; --low-band off keeps all of it)")
     return line
+
+
+def crop_line(name: str, entry: dict) -> str:
+    """The line for an aligned crop whose gate kept less than ``LOW_KEPT`` of the restoration's change."""
+    return (f"{name}: kept {int(100 * entry['restoration_kept'])}% of the restoration's change (the rest was not "
+            "explained by the crop's noise; --low-band off keeps all of it)")
 
 
 def _report_faces(images_meta: dict, run_id: str, max_faces: int) -> None:
