@@ -184,7 +184,7 @@ def test_output_is_written_atomically(tiny_model, faces, tmp_path, monkeypatch):
     assert [p.name for p in out.iterdir() if p.suffix != ".json"] == []
 
 
-def test_python_api_matches_cli(tiny_model, faces, tmp_path):
+def test_python_api_matches_cli_and_the_crop_gate(tiny_model, faces, tmp_path, capsys):
     from odedit import ODEdit
     from odedit.cli.restore import image_seed
     from odedit.imageio import fit_square, load_image_uint8, uint8_to_unit, unit_to_uint8
@@ -219,6 +219,15 @@ def test_python_api_matches_cli(tiny_model, faces, tmp_path):
     kept = json.loads((out / "restore.json").read_text())["images"]["face2.png"]["restoration_kept"]
     assert 0.0 <= kept < 0.5
     from odedit.cli.restore import crop_line
+
+    capsys.readouterr()
+    loud = [a for a in FAST if a != "--quiet"]
+    assert run_cli([str(faces / "face2.png"), "-o", str(tmp_path / "loud"), "--model", str(tiny_model), *loud,
+                    "--keep-size"]) == 0  # fmt: skip
+    stderr = capsys.readouterr().err
+    entry = json.loads((tmp_path / "loud" / "restore.json").read_text())["images"]["face2.png"]
+    assert f"face2.png: kept {int(100 * entry['restoration_kept'])}% of the restoration's change" in stderr
+    assert (entry["upsample_factor"], entry["upsampler"], entry["output_size"]) == (2, "lanczos", [20, 24])
 
     assert crop_line("a.png", {"restoration_kept": 0.083}) == (
         "a.png: kept 8% of the restoration's change (the rest was not explained by the crop's noise; "

@@ -380,3 +380,34 @@ def test_aligned_crops_keep_the_input_where_the_change_is_not_its_noise(fit):
     assert err(big, clean) < 0.5 * err(plain, clean)
     if fit == "crop":  # outside the central square the input is untouched
         assert np.array_equal(big[:8], clean[:8]) and np.array_equal(big[-8:], clean[-8:])
+
+
+def test_finish_aligned_options_and_upsampling():
+    """fidelity 0 with the colour match moves only the mean colour; a bad gate mode is refused;
+    --keep-size upscales with the given upsampler (a factory is called once) to the input's size,
+    also for an input smaller than the model, and records the factor."""
+    from odedit.faces import finish_aligned
+
+    rng = np.random.default_rng(1)
+    photo = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    job = _aligned_job(photo, 16, "stretch")
+    frame = np.clip(job.crops[0].astype(int) + 30, 0, 255).astype(np.uint8)  # brighter
+    out, info = finish_aligned(job, frame, fidelity=0.0, match_colour=True)
+    assert info["restoration_kept"] == 1.0 and abs(out.astype(float).mean() - job.crops[0].mean()) < 1.0
+    assert np.abs(np.diff(out.astype(int) - frame.astype(int), axis=1)).max() <= 2  # a shift, no more
+    with pytest.raises(ValueError, match="low band"):
+        finish_aligned(job, frame, low_band="bogus")
+    calls = []
+
+    class Nearest:
+        name = "nearest"
+
+        def upsample(self, faces, factor):
+            calls.append(factor)
+            return [np.repeat(np.repeat(f, factor, 0), factor, 1) for f in faces]
+
+    big, info = finish_aligned(job, frame, lambda: Nearest(), keep_size=True, fidelity=0.0, match_colour=False)
+    assert big.shape == photo.shape and calls == [4] and info["upsample_factor"] == 4
+    small = _aligned_job(photo[:10, :12], 16, "stretch")
+    out, info = finish_aligned(small, frame, Nearest(), keep_size=True)
+    assert out.shape == (10, 12, 3) and info["upsample_factor"] == 1 and calls == [4]

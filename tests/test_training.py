@@ -304,6 +304,11 @@ def test_cli_trains_and_reports_data_errors(blobs, tmp_path, capsys):
     lrs = {r["step"]: r["lr"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())}
     assert lrs[6] == pytest.approx(7e-4) and lrs[7] == pytest.approx(3.5e-4)
     assert json.loads((out / "train_config.json").read_text())["config"]["decay_steps"] == 2
+    # going on at a constant rate after the branch: the old decay window is not inherited
+    assert cli(["train", "--out", str(out), "--resume", "--steps", "8", "--lr-schedule", "constant",
+                "--log-every", "1", "--cpu", "--quiet"]) == 0  # fmt: skip
+    saved = json.loads((out / "train_config.json").read_text())["config"]
+    assert saved["decay_steps"] is None and saved["lr_schedule"] == "constant"
 
 
 def test_default_preconditioning_is_edm_for_new_bases_only(blobs, tmp_path):

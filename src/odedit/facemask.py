@@ -183,7 +183,8 @@ def keypoint_ellipse(keypoints: np.ndarray, m: Optional[np.ndarray] = None, n: i
 def template_ellipse(size: int, template: Optional[align.Template] = None, n: int = 36) -> np.ndarray:
     """The keypoint ellipse of the template face in a ``size`` px model frame: the face's
     outline in an aligned crop, where no photo (and no detection) exists. The pipeline does not
-    paste aligned crops (the restored crop is the result); this is for showing the face region."""
+    paste aligned crops (the whole crop is the face: :func:`odedit.faces.finish_aligned`); this is
+    for showing the face region."""
     template = template or align.load_template()
     return keypoint_ellipse(template.points, align.squash_matrix(size), n)
 

@@ -295,7 +295,8 @@ def finish_photo(
     Returns:
         (result, info): the whole photo with the faces pasted back (the photo unchanged when
         none was found: ``info['status'] == 'no_face_copied_unchanged'``, with
-        ``no_face_reason`` when the photo was too small to search), or the restored crop. For
+        ``no_face_reason`` when the photo was too small to search), or the aligned crop's output
+        (:func:`finish_aligned`). For
         whole photos ``info['faces_left_out']`` counts the faces found beyond ``max_faces``,
         and each face's entry says how it was pasted (:func:`paste_mask`'s record).
     """
@@ -309,7 +310,7 @@ def finish_photo(
         if job.no_face_reason:
             info["no_face_reason"] = job.no_face_reason
         return np.asarray(job.photo, dtype=np.uint8).copy(), info
-    up = upsampler if upsampler is None or hasattr(upsampler, "upsample") else upsampler()
+    up = _resolve_upsampler(upsampler)
     masks: list = []
     result, factors = paste_faces(job.photo, job.faces, list(restored), up, mask=job.paste_mask, progress=progress,
                                   masks_info=masks, fidelity=fidelity, match_colour=match_colour,
@@ -349,25 +350,19 @@ def finish_aligned(
         (result, info): (size, size, 3) uint8, or the input's (H, W, 3) with ``keep_size``; info
         records the settings and ``restoration_kept`` (the share of the coarse change kept).
     """
-    from odedit.imageio import unfit_square
+    from odedit.imageio import fit_region, unfit_square
 
     if low_band not in fidelity_mod.LOW_BANDS:
         raise ValueError(f"low band mode must be one of {fidelity_mod.LOW_BANDS}, got {low_band!r}")
     frame = np.asarray(frame, dtype=np.uint8)
     size = frame.shape[0]
     target = np.asarray(job.crops[0], dtype=np.uint8)  # the input at the model's size
-    factor = 1.0
+    factor, need = 1.0, 1
     if keep_size:
-        h, w = job.photo.shape[:2]
-        side = min(h, w)
-        rh, rw = (h, w) if fit == "stretch" else (side, side)
-        top, left = (h - rh) // 2, (w - rw) // 2
+        top, left, rh, rw = fit_region(job.photo.shape, fit)
         target = np.asarray(job.photo, dtype=np.uint8)[top : top + rh, left : left + rw]
         need = needed_factor(size / max(rh, rw))
-        if need > 1:
-            up = upsampler if upsampler is None or hasattr(upsampler, "upsample") else upsampler()
-            frame = (up or LanczosUpsampler()).upsample([frame], need)[0]
-        frame = resize_to(frame, rw, rh)
+        frame = _upsample_to(frame, _resolve_upsampler(upsampler), need, rw, rh)
         factor = min(rh, rw) / size  # photo px per frame px along the shorter side (the stricter split)
     stats: dict = {}
     refine = _refiner(factor, fidelity, match_colour, low_band, fidelity_mod.LOW_MARGIN, stats)
@@ -377,6 +372,19 @@ def finish_aligned(
     result = unfit_square(frame, job.photo, fit) if keep_size else frame
     info = {"mode": "aligned", "status": "restored", "seed": job.seeds[0], "fidelity": fidelity,
             "match_colour": match_colour, "low_band": low_band,
-            "restoration_kept": round(stats.get("restoration_kept", 1.0), 4)}
+            "restoration_kept": round(stats.get("restoration_kept", 1.0), 4), "upsample_factor": need}
     return result, info
+
+
+def _resolve_upsampler(upsampler) -> Optional[Upsampler]:
+    """An :class:`Upsampler`, or None, from one or from a factory returning one (called now)."""
+    return upsampler if upsampler is None or hasattr(upsampler, "upsample") else upsampler()
+
+
+def _upsample_to(frame: np.ndarray, upsampler: Optional[Upsampler], factor: int, width: int, height: int) -> np.ndarray:
+    """``frame`` magnified by ``factor`` (None: Lanczos), then Lanczos-resized to exactly (height,
+    width): an aligned crop's own size (:func:`paste_faces` warps its frames instead)."""
+    if factor > 1:
+        frame = (upsampler or LanczosUpsampler()).upsample([np.asarray(frame, dtype=np.uint8)], factor)[0]
+    return resize_to(frame, width, height)
 

@@ -132,13 +132,23 @@ def load_image_uint8(path: os.PathLike | str) -> np.ndarray:
         raise ImageError(f"{path}: cannot read image ({err.__class__.__name__}: {err})") from None
 
 
+def fit_region(shape: tuple, mode: str = "stretch") -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the part of an (H, W, ...) image that :func:`fit_square`
+    brings to the model's square: the whole frame (``stretch``) or its central square (``crop``)."""
+    h, w = int(shape[0]), int(shape[1])
+    if mode == "stretch":
+        return 0, 0, h, w
+    if mode == "crop":
+        side = min(h, w)
+        return (h - side) // 2, (w - side) // 2, side, side
+    raise ValueError(f"unknown fit mode {mode!r}; expected one of {FIT_MODES}")
+
+
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """Central square crop, then Lanczos resize to (size, size). uint8 in, uint8 out."""
     from PIL import Image
 
-    h, w = image.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
+    top, left, side, _ = fit_region(image.shape, "crop")
     crop = image[top : top + side, left : left + side]
     if side == size:
         return np.ascontiguousarray(crop)
@@ -172,8 +182,7 @@ def unfit_square(result: np.ndarray, original: np.ndarray, mode: str = "stretch"
     if mode == "stretch":
         return resize_to(result, w, h)
     if mode == "crop":
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
+        top, left, side, _ = fit_region(original.shape, "crop")
         out = np.array(original, dtype=np.uint8, copy=True)
         out[top : top + side, left : left + side] = resize_to(result, side, side)
         return out

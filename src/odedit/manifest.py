@@ -185,7 +185,7 @@ def image_entry(input_path: str, run_id: str, info: dict, output_shape: Optional
     if info["mode"] == "faces":
         entry["faces_left_out"] = info["faces_left_out"]  # found beyond max_faces, not restored
     if info["mode"] == "aligned":
-        for key in ("fidelity", "match_colour", "low_band", "restoration_kept"):
+        for key in ("fidelity", "match_colour", "low_band", "restoration_kept", "upsample_factor", "upsampler"):
             if key in info:
                 entry[key] = info[key]
     if "no_face_reason" in info:

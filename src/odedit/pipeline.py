@@ -223,13 +223,13 @@ class Pipeline:
 
         Yields ``(item, result, info)`` as each photo completes (in input order within a
         batch): the item itself; the output image (the whole photo with its faces pasted back
-        or unchanged when it has none, or the restored crop), or None when a restoration
+        or unchanged when it has none, or the aligned crop's output), or None when a restoration
         diverged; and ``info``: :func:`odedit.faces.finish_photo`'s info, plus ``seed`` (the
         photo's), ``input_size`` ([W, H]) and, when faces were pasted, ``upsampler`` (its name).
         A diverged photo's info has ``status`` :data:`DIVERGED`, its mode, seed and size.
         """
         opts = self.options
-        if opts.faces == "auto" and opts.upsampler != "lanczos":
+        if (opts.faces == "auto" or opts.keep_size) and opts.upsampler != "lanczos":
             self.upsampler()  # a model that cannot load fails now, not after the first restoration
         pending: list[tuple[_Photo, int]] = []  # (photo, index of its crop)
         for item in items:
@@ -291,7 +291,7 @@ class Pipeline:
         return completed
 
     def _finish(self, photo: _Photo) -> tuple[Any, Optional[np.ndarray], dict]:
-        """Paste the restored faces back (or take the restored crop): (item, result, info)."""
+        """Paste the restored faces back (or finish the aligned crop): (item, result, info)."""
         job, opts = photo.job, self.options
         info = {
             "seed": job.seeds[0] if job.seeds else face_seed(opts.seed, photo.name, 0),
@@ -307,6 +307,6 @@ class Pipeline:
                                     progress=pasting, fidelity=opts.fidelity, match_colour=opts.match_colour,
                                     low_band=opts.low_band)
         info.update(done)
-        if done["mode"] == "faces" and done["faces"]:
+        if (done["mode"] == "faces" and done["faces"]) or done.get("upsample_factor", 1) > 1:
             info["upsampler"] = getattr(self.upsampler(), "name", opts.upsampler)
         return photo.item, result, info

@@ -143,8 +143,8 @@ def _add_run_args(p: argparse.ArgumentParser):
 
 
 def _add_photo_args(p: argparse.ArgumentParser) -> None:
-    """Whole photos: detection, upsampling and paste-back."""
-    f = p.add_argument_group("whole photos")
+    """Whole photos and crops: detection, upsampling, paste-back and the gate."""
+    f = p.add_argument_group("whole photos and crops")
     f.add_argument(
         "--faces",
         choices=("auto", "aligned"),
@@ -166,7 +166,8 @@ def _add_photo_args(p: argparse.ArgumentParser) -> None:
         "--upsampler",
         default="lanczos",
         metavar="lanczos|realesrgan|PATH_OR_HUB_ID",
-        help="ODEdit+ second stage for pasting faces back: lanczos (default), realesrgan (Real-ESRGAN "
+        help="ODEdit+ second stage for pasting faces back (and for aligned crops with --keep-size): lanczos "
+        "(default), realesrgan (Real-ESRGAN "
         "x4plus, offline; pip install 'odedit[upscale]') or a diffusers upscaling "
         "pipeline, e.g. stabilityai/stable-diffusion-x4-upscaler",
     )

@@ -227,7 +227,8 @@ def resolve_settings(args) -> dict:
 
     With --resume, every flag not given again keeps the value the run was started with
     (learning rate, batch, seed, ...), so ``odedit train --out DIR --resume`` continues
-    the same run. --steps/--minutes are inherited only when neither is given.
+    the same run. --steps/--minutes are inherited only when neither is given, --decay-steps only
+    when --lr-schedule is not given again.
     """
     import json
 
@@ -243,6 +244,8 @@ def resolve_settings(args) -> dict:
         if "steps" in explicit or "minutes" in explicit:
             saved.pop("steps", None)
             saved.pop("minutes", None)
+        if "lr_schedule" in explicit:  # a new schedule: the saved decay window was the old one's
+            saved.pop("decay_steps", None)
     return {**saved, **explicit}
 
 
