@@ -11,7 +11,7 @@ difference to the degraded source, SWD of the set against the clean faces (the b
 settings and seeds), and PSNR by corruption family. No model is run (seconds on a CPU).
 
     python benchmarks/aligned_gate_score.py ~/.cache/odedit/table1_s13 odedit-light-eps1e-05 \
-        --json docs/data/aligned_gate_s13.json
+        --json docs/data/aligned_gate_s13.json --save odedit-light-eps1e-05-gated
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ def main(argv=None) -> int:
     ap.add_argument("method", help="the restored images' folder under BENCH/images")
     ap.add_argument("--seed", type=int, default=0, help="SWD seed (the bench's --seed)")
     ap.add_argument("--json", type=Path, help="also write every number here")
+    ap.add_argument("--save", metavar="FOLDER", help="also write the default's images to BENCH/images/FOLDER "
+                    "(for scripts/results_figure.py; the bench itself never reads them)")
     args = ap.parse_args(argv)
 
     records = sorted((args.bench / "records" / args.method).glob("*.json"))
@@ -72,6 +74,13 @@ def main(argv=None) -> int:
             job = plan_photo(deg, deg.shape[0], lambda i: 0, faces_mode="aligned")
             out.append(finish_aligned(job, res, **kw)[0])
         rows[label] = {"img": out}
+    if args.save:
+        from odedit.imageio import save_png_atomic
+
+        default = rows[next(k for k in VARIANTS if "default" in k)]["img"]
+        (args.bench / "images" / args.save).mkdir(parents=True, exist_ok=True)
+        for key, img in zip(keys, default):
+            save_png_atomic(lay.image(args.save, key), img)
     desc = lambda imgs, k: laplacian_descriptors(np.stack(imgs), np.random.default_rng((args.seed, k)), **_desc_kw())  # noqa: E731
     ref = desc(list(clean), 1)
     for row in rows.values():
