@@ -55,12 +55,13 @@ def main(argv=None) -> int:
     ap.add_argument("bench", type=Path, help="an `odedit bench` output folder")
     ap.add_argument("method", help="the restored images' folder under BENCH/images")
     ap.add_argument("--seed", type=int, default=0, help="SWD seed (the bench's --seed)")
+    ap.add_argument("--limit", type=int, help="only the first N restored images by name")
     ap.add_argument("--json", type=Path, help="also write every number here")
     ap.add_argument("--save", metavar="FOLDER", help="also write the default's images to BENCH/images/FOLDER "
                     "(for scripts/results_figure.py; the bench itself never reads them)")
     args = ap.parse_args(argv)
 
-    records = sorted((args.bench / "records" / args.method).glob("*.json"))
+    records = sorted((args.bench / "records" / args.method).glob("*.json"))[: args.limit]
     if not records:
         raise SystemExit(f"no records in {args.bench / 'records' / args.method}")
     meta = [json.loads(p.read_text()) for p in records]
