@@ -259,6 +259,20 @@ def test_unloadable_upsampler_fails_before_any_work(tiny_unet_dir, tmp_path):
     assert not list((tmp_path / "o").glob("*.png"))
 
 
+def test_unloadable_upsampler_of_an_aligned_crop_fails_before_any_restoration(tiny_unet_dir, tmp_path, monkeypatch):
+    """--faces aligned --keep-size upscales with --upsampler: a model that cannot load fails first."""
+    from odedit.restorers import Restorer
+
+    def no_restoring(*a, **kw):
+        raise AssertionError("restored before the upsampler was loaded")
+
+    monkeypatch.setattr(Restorer, "restore_with_status", no_restoring)
+    Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(tmp_path / "crop.png")
+    with pytest.raises(CLIError, match="cannot load upscaling pipeline"):
+        run_cli([str(tmp_path / "crop.png"), "-o", str(tmp_path / "o"), "--model", str(tiny_unet_dir), *FAST,
+                 "--faces", "aligned", "--keep-size", "--upsampler", str(tmp_path / "no-such-model")])
+
+
 # ---- upsamplers ----------------------------------------------------------------------------------
 
 

@@ -154,8 +154,7 @@ def paste_faces(
         raise ValueError(f"{len(faces)} faces but {len(restored)} restored frames")
     if mask not in PASTE_MASKS:
         raise ValueError(f"paste mask must be one of {PASTE_MASKS}, got {mask!r}")
-    if low_band not in fidelity_mod.LOW_BANDS:
-        raise ValueError(f"low band mode must be one of {fidelity_mod.LOW_BANDS}, got {low_band!r}")
+    _refiner(1.0, fidelity, match_colour, low_band, low_margin, {})  # settings checked before any face
     upsampler = upsampler or LanczosUpsampler()
     out = np.asarray(photo, dtype=np.uint8)
     factors = []
@@ -178,8 +177,11 @@ def paste_faces(
 
 
 def _refiner(factor: float, fidelity: float, match_colour: bool, low_band: str, low_margin: float, stats: dict):
-    """The photo-space step of :func:`paste_faces` for one face (None when there is none); it
-    records the share of the restoration's coarse change kept in ``stats``."""
+    """The photo-space step of :func:`paste_faces` / :func:`finish_aligned` for one face (None when
+    there is none; the settings are checked either way); it records the share of the restoration's
+    coarse change kept in ``stats``."""
+    if low_band not in fidelity_mod.LOW_BANDS:
+        raise ValueError(f"low band mode must be one of {fidelity_mod.LOW_BANDS}, got {low_band!r}")
     if not 0.0 <= fidelity <= 1.0:
         raise ValueError(f"fidelity must be in [0, 1], got {fidelity}")
     if fidelity == 0.0 and not match_colour:
@@ -352,8 +354,8 @@ def finish_aligned(
     """
     from odedit.imageio import fit_region, unfit_square
 
-    if low_band not in fidelity_mod.LOW_BANDS:
-        raise ValueError(f"low band mode must be one of {fidelity_mod.LOW_BANDS}, got {low_band!r}")
+    stats: dict = {}
+    refine = _refiner(1.0, fidelity, match_colour, low_band, fidelity_mod.LOW_MARGIN, stats)  # checks first
     frame = np.asarray(frame, dtype=np.uint8)
     size = frame.shape[0]
     target = np.asarray(job.crops[0], dtype=np.uint8)  # the input at the model's size
@@ -364,8 +366,7 @@ def finish_aligned(
         need = needed_factor(size / max(rh, rw))
         frame = _upsample_to(frame, _resolve_upsampler(upsampler), need, rw, rh)
         factor = min(rh, rw) / size  # photo px per frame px along the shorter side (the stricter split)
-    stats: dict = {}
-    refine = _refiner(factor, fidelity, match_colour, low_band, fidelity_mod.LOW_MARGIN, stats)
+        refine = _refiner(factor, fidelity, match_colour, low_band, fidelity_mod.LOW_MARGIN, stats)
     if refine is not None:
         whole = np.ones(target.shape[:2], dtype=np.float32)
         frame = np.clip(np.rint(refine(frame.astype(np.float32), target, whole)), 0, 255).astype(np.uint8)
