@@ -83,6 +83,7 @@ def test_result_note_says_when_the_gate_kept_the_photo():
     assert "No face was found" in result_note("a.png", img, {"status": "no_face_copied_unchanged"})
     crop = {**base, "mode": "aligned"}  # an aligned crop: the whole crop is the face
     assert "kept only 12%" in result_note("a.png", img, {**crop, "restoration_kept": 0.12})
+    assert "kept only 49%" in result_note("a.png", img, {**crop, "restoration_kept": 0.499})  # under half
     assert result_note("a.png", img, {**crop, "restoration_kept": 0.8}).endswith("per face.")
 
 

@@ -542,3 +542,27 @@ def test_run_and_model_folders_with_250_byte_names(blobs, tmp_path):
     assert json.loads(sidecar.read_text()) == {"a": 1} and log.read_text() == '{"step": 1}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (run, model, sidecar, log))
     assert [p.name for p in run.rglob(".*")] == []
+
+
+def test_two_cpu_processes_under_torchrun_form_one_run(blobs, tmp_path):
+    """`torchrun --nproc_per_node 2 ... odedit train` on CPUs trains one run in a gloo group (each
+    process its own slice of every global batch), not two runs racing into one folder; its
+    checkpoint resumes in one process with the same global batch."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    common = ["--config", "tiny", "--resolution", "16", "--gaussian-rank", "4", "--sample-every", "0",
+              "--checkpoint-every", "1", "--workers", "1", "--warmup-steps", "1", "--quiet"]
+    run = tmp_path / "ddp"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                    "-m", "odedit.cli", "train", "--data", str(blobs), "--out", str(run), "--steps", "3",
+                    "--batch-size", "4", *common], env=env, check=True, timeout=300, capture_output=True)
+    info = json.loads((run / "model" / "odedit_train.json").read_text())
+    assert (info["step"], info["images_seen"]) == (3, 3 * 2 * 4)
+    assert (latest_checkpoint(run) / "random_states_1.pkl").is_file()  # the second process checkpointed
+    resumed = train(config(None, run, steps=4, batch_size=8, resume=True), log=quiet)
+    assert (resumed.start_step, resumed.step) == (3, 4)
+    assert json.loads((run / "model" / "odedit_train.json").read_text())["images_seen"] == 4 * 8

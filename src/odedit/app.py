@@ -221,7 +221,7 @@ def save_result(image: np.ndarray, name: str) -> str:
 def result_note(name: str, result: np.ndarray, info: dict) -> str:
     """The status line the page shows after a run (Markdown); it says when the coarse-band gate
     kept the photo's own pixels for most of a face (:data:`odedit.fidelity.LOW_KEPT`)."""
-    from odedit.fidelity import LOW_KEPT
+    from odedit.fidelity import LOW_KEPT, kept_percent
 
     if info["status"] != "restored":
         return "No face was found: the photo is shown unchanged (try *aligned* for a face crop)."
@@ -230,7 +230,7 @@ def result_note(name: str, result: np.ndarray, info: dict) -> str:
     if info.get("mode") == "aligned":  # the whole crop is the face
         kept = [info.get("restoration_kept", 1.0)]
     if kept and min(kept) < LOW_KEPT:
-        note += (f" A face kept only {min(kept):.0%} of the model's change: the rest was not explained by the"
+        note += (f" A face kept only {kept_percent(min(kept))} of the model's change: the rest was not explained by the"
                  " photo's noise, so the photo's own pixels stayed (`odedit restore --low-band off` keeps it all).")
     return note
 

@@ -143,6 +143,12 @@ LOW_MARGIN = 1.0
 LOW_KEPT = 0.5
 
 
+def kept_percent(share: float) -> str:
+    """``share`` (0..1) of the restoration's change as the CLI and the app print it, e.g. ``"49%"``:
+    truncated, so a share under :data:`LOW_KEPT` never reads as 50%."""
+    return f"{int(100 * share)}%"
+
+
 def restoration_share(
     change: np.ndarray,
     sigma_low: float,

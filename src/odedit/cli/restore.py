@@ -32,7 +32,7 @@ from odedit.cli.common import (
     sigterm_as_interrupt,
     torch_dtype,
 )
-from odedit.fidelity import DEFAULT_FIDELITY, DEFAULT_LOW_BAND, DEFAULT_MATCH_COLOUR, LOW_BANDS, LOW_KEPT
+from odedit.fidelity import DEFAULT_FIDELITY, DEFAULT_LOW_BAND, DEFAULT_MATCH_COLOUR, LOW_BANDS, LOW_KEPT, kept_percent
 from odedit.manifest import SIDECAR, real_path
 
 DESCRIPTION = """\
@@ -720,14 +720,14 @@ def photo_line(name: str, entry: dict) -> str:
     kept = [f.get("restoration_kept", 1.0) for f in faces]
     if min(kept) < LOW_KEPT:
         # say so: a face that comes back (nearly) as it went in is the gate's doing, not a failure
-        line += (f"; kept {_and([f'{int(100 * k)}%' for k in kept])} of the restoration's change "
+        line += (f"; kept {_and([kept_percent(k) for k in kept])} of the restoration's change "
                  "(the rest was not explained by the photo's noise; --low-band off keeps all of it)")
     return line
 
 
 def crop_line(name: str, entry: dict) -> str:
     """The line for an aligned crop whose gate kept less than ``LOW_KEPT`` of the restoration's change."""
-    return (f"{name}: kept {int(100 * entry['restoration_kept'])}% of the restoration's change (the rest was not "
+    return (f"{name}: kept {kept_percent(entry['restoration_kept'])} of the restoration's change (the rest was not "
             "explained by the crop's noise; --low-band off keeps all of it)")
 
 
