@@ -47,9 +47,9 @@ def _stats(v: np.ndarray) -> tuple[float, float]:
 
 def main(argv=None) -> int:
     from odedit.bench.records import Layout
-    from odedit.bench.report import SWD_SETTINGS, _desc_kw
+    from odedit.bench.report import swd_descriptors, swd_of_descriptors
     from odedit.faces import finish_aligned, plan_photo
-    from odedit.metrics import laplacian_descriptors, psnr, ssim, swd_from_descriptors
+    from odedit.metrics import psnr, ssim
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bench", type=Path, help="an `odedit bench` output folder")
@@ -82,13 +82,11 @@ def main(argv=None) -> int:
         (args.bench / "images" / args.save).mkdir(parents=True, exist_ok=True)
         for key, img in zip(keys, default):
             save_png_atomic(lay.image(args.save, key), img)
-    desc = lambda imgs, k: laplacian_descriptors(np.stack(imgs), np.random.default_rng((args.seed, k)), **_desc_kw())  # noqa: E731
-    ref = desc(list(clean), 1)
+    ref = swd_descriptors(np.stack(list(clean)), args.seed, reference=True)
     for row in rows.values():
         row["psnr"] = np.array([float(psnr(_unit(a), _unit(c))) for a, c in zip(row["img"], clean)])
         row["ssim"] = np.array([float(ssim(_unit(a), _unit(c))) for a, c in zip(row["img"], clean)])
-        row["swd"] = swd_from_descriptors(desc(row["img"], 2), ref, np.random.default_rng((args.seed, 3)),
-                                          dirs=SWD_SETTINGS["dirs"], repeats=SWD_SETTINGS["repeats"])["mean"]
+        row["swd"] = swd_of_descriptors(swd_descriptors(np.stack(row["img"]), args.seed), ref, args.seed)["mean"]
     src = rows["source"]
     fams = [FAMILY_OF[m["corruption"]] for m in meta]
     report = {"bench": str(args.bench), "method": args.method, "n": len(keys), "rows": {}}

@@ -520,6 +520,32 @@ def test_oracle_best_of_is_labelled_and_never_worse_than_one_sample(tmp_path, mo
     assert f"| {oracle} † |" in text and "oracle: best PSNR of 2 against the clean image" in text
 
 
+def test_aligned_gate_score_reproduces_the_bench_and_gates_every_image(full_run, tmp_path):
+    """benchmarks/aligned_gate_score.py re-scores a bench's restorations through the crop gate: its
+    "restored" row (the gate off) and its source row are the bench's own PSNR, SSIM and SWD (same
+    images, same descriptors), and every gated variant scores all the images."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "aligned_gate_score.py"
+    spec = importlib.util.spec_from_file_location("aligned_gate_score", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    report = tmp_path / "gate.json"
+    assert script.main([str(full_run["out"]), ODEDIT, "--json", str(report)]) == 0
+    got = json.loads(report.read_text())
+    assert got["n"] == N_IMAGES and len(got["rows"]) == 1 + len(script.VARIANTS)
+    rows = read_results(full_run["out"])
+    bench = {(r["method"], r["metric"]): float(r["value"]) for r in rows if r["image"] == "*"}
+    per_image = lambda m, metric: np.mean([float(r["value"]) for r in rows  # noqa: E731
+                                          if r["image"] != "*" and r["method"] == m and r["metric"] == metric])
+    method_row = got["rows"][next(k for k in script.VARIANTS if k.startswith("restored"))]
+    for label, m in (("source", "source"), (None, ODEDIT)):
+        row = got["rows"][label] if label else method_row
+        assert row["swd"] == pytest.approx(bench[(m, "swd")], rel=1e-9), m
+        assert row["psnr"][0] == pytest.approx(per_image(m, "psnr"), abs=1e-6), m
+        assert row["ssim"][0] == pytest.approx(per_image(m, "ssim"), abs=1e-6), m
+
+
 # ---- processes ---------------------------------------------------------------------------------
 
 

@@ -189,16 +189,12 @@ class _SwdCache:
         self.ref_desc = None  # the reference's descriptors, made only when some set is not cached
 
     def __call__(self, name: str, images: np.ndarray) -> dict:
-        from odedit import metrics as M
-
         cache = self.folder / f"{_swd_digest(images, self.seed, self.ref_digest)}.json"
         if cache.is_file():
             return read_json(cache)["swd"]
         if self.ref_desc is None:
-            self.ref_desc = M.laplacian_descriptors(self.ref, np.random.default_rng((self.seed, 1)), **_desc_kw())
-        desc = M.laplacian_descriptors(images, np.random.default_rng((self.seed, 2)), **_desc_kw())
-        value = M.swd_from_descriptors(desc, self.ref_desc, np.random.default_rng((self.seed, 3)),
-                                       dirs=SWD_SETTINGS["dirs"], repeats=SWD_SETTINGS["repeats"])
+            self.ref_desc = swd_descriptors(self.ref, self.seed, reference=True)
+        value = swd_of_descriptors(swd_descriptors(images, self.seed), self.ref_desc, self.seed)
         cache.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(cache, {"set": name, "swd": value})
         return value
@@ -455,8 +451,22 @@ def _swd_digest(images: np.ndarray, seed: int, ref_digest: str = "") -> str:
     return h.hexdigest()[:40]
 
 
-def _desc_kw() -> dict:
-    return {k: SWD_SETTINGS[k] for k in ("descriptors_per_image", "patch_size", "min_resolution")}
+def swd_descriptors(images: np.ndarray, seed: int, reference: bool = False) -> np.ndarray:
+    """The bench's Laplacian-pyramid patch descriptors (:data:`SWD_SETTINGS`) of ``images``
+    (N, H, W, 3) uint8, drawn with the bench's generator for the reference set or for a compared set."""
+    from odedit import metrics as M
+
+    kw = {k: SWD_SETTINGS[k] for k in ("descriptors_per_image", "patch_size", "min_resolution")}
+    return M.laplacian_descriptors(images, np.random.default_rng((seed, 1 if reference else 2)), **kw)
+
+
+def swd_of_descriptors(desc: np.ndarray, ref_desc: np.ndarray, seed: int) -> dict:
+    """The bench's SWD (``{"mean", ...}`` per :func:`odedit.metrics.swd_from_descriptors`) of a set's
+    descriptors against the reference's, both from :func:`swd_descriptors` with the same ``seed``."""
+    from odedit import metrics as M
+
+    return M.swd_from_descriptors(desc, ref_desc, np.random.default_rng((seed, 3)),
+                                  dirs=SWD_SETTINGS["dirs"], repeats=SWD_SETTINGS["repeats"])
 
 
 def _summary_markdown(r: _Records, res: _SetMetrics, grid_rows: list[str], ncols: int, reference: str,
