@@ -563,6 +563,34 @@ def test_two_cpu_processes_under_torchrun_form_one_run(blobs, tmp_path):
     info = json.loads((run / "model" / "odedit_train.json").read_text())
     assert (info["step"], info["images_seen"]) == (3, 3 * 2 * 4)
     assert (latest_checkpoint(run) / "random_states_1.pkl").is_file()  # the second process checkpointed
-    resumed = train(config(None, run, steps=4, batch_size=8, resume=True), log=quiet)
-    assert (resumed.start_step, resumed.step) == (3, 4)
+    # one process, --batch-size not given again: the global batch of 8 is kept (not 4)
+    assert cli(["train", "--out", str(run), "--resume", "--steps", "4", "--quiet"]) == 0
     assert json.loads((run / "model" / "odedit_train.json").read_text())["images_seen"] == 4 * 8
+    saved = json.loads((run / "train_config.json").read_text())
+    assert (saved["config"]["batch_size"], saved["resolved"]["global_batch"]) == (8, 8)
+
+
+def test_resume_keeps_the_global_batch_over_another_number_of_processes(tmp_path, monkeypatch):
+    """resolve_settings: a run saved with 2 processes x 16 resumes as 1 x 32, 4 x 8 (or 2 x 8 with two
+    micro-batches); an explicit --batch-size wins; a global batch that does not split is refused."""
+    from types import SimpleNamespace
+
+    from odedit.cli.common import CLIError
+    from odedit.cli.train import INHERITED, resolve_settings
+
+    (tmp_path / "train_config.json").write_text(json.dumps(
+        {"config": {"batch_size": 16, "grad_accum": 1, "lr": 1e-3}, "resolved": {"global_batch": 32}}))
+
+    def settings(world, **flags):
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        args = SimpleNamespace(out=str(tmp_path), resume=True, **{k: flags.get(k) for k in INHERITED})
+        s = resolve_settings(args)
+        return s["batch_size"], s.get("grad_accum", 1)
+
+    assert settings(1) == (32, 1)
+    assert settings(2) == (16, 1)
+    assert settings(4) == (8, 1)
+    assert settings(2, grad_accum=2) == (8, 2)
+    assert settings(1, batch_size=8) == (8, 1)
+    with pytest.raises(CLIError, match="does not split over 3 process"):
+        settings(3)

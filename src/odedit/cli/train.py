@@ -228,7 +228,8 @@ def resolve_settings(args) -> dict:
     With --resume, every flag not given again keeps the value the run was started with
     (learning rate, batch, seed, ...), so ``odedit train --out DIR --resume`` continues
     the same run. --steps/--minutes are inherited only when neither is given, --decay-steps only
-    when --lr-schedule is not given again.
+    when --lr-schedule is not given again. The global batch is kept: resumed with another number
+    of processes, the per-process batch is the saved global batch split over them.
     """
     import json
 
@@ -237,8 +238,9 @@ def resolve_settings(args) -> dict:
     path = Path(args.out) / "train_config.json"
     if args.resume and path.is_file():
         try:
-            saved = json.loads(path.read_text())["config"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            saved_all = json.loads(path.read_text())
+            saved, resolved = saved_all["config"], saved_all.get("resolved") or {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise CLIError(f"cannot read {path} to resume: {err}") from None
         saved = {k: v for k, v in saved.items() if k in INHERITED and v is not None}
         if "steps" in explicit or "minutes" in explicit:
@@ -246,7 +248,28 @@ def resolve_settings(args) -> dict:
             saved.pop("minutes", None)
         if "lr_schedule" in explicit:  # a new schedule: the saved decay window was the old one's
             saved.pop("decay_steps", None)
+        if "batch_size" not in explicit and "batch_size" in saved:
+            saved["batch_size"] = _per_process_batch(saved, explicit, resolved)
     return {**saved, **explicit}
+
+
+def _per_process_batch(saved: dict, explicit: dict, resolved: dict) -> int:
+    """The per-process batch that keeps a resumed run's global batch when it is resumed with another
+    number of processes (``WORLD_SIZE``, set by torchrun / accelerate launch) and --batch-size is not
+    given again; refused when the global batch does not split evenly."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    accum = explicit.get("grad_accum", saved.get("grad_accum", 1))
+    global_batch = resolved.get("global_batch")
+    if not isinstance(global_batch, int) or global_batch == saved["batch_size"] * accum * world:
+        return saved["batch_size"]
+    if global_batch % (accum * world):
+        raise CLIError(
+            f"the run's global batch of {global_batch} does not split over {world} process(es) x {accum} "
+            "micro-batch(es); give --batch-size (per process) again"
+        )
+    return global_batch // (accum * world)
 
 
 def run(args) -> int:
