@@ -84,6 +84,9 @@ def test_result_note_says_when_the_gate_kept_the_photo():
     crop = {**base, "mode": "aligned"}  # an aligned crop: the whole crop is the face
     assert "kept only 12%" in result_note("a.png", img, {**crop, "restoration_kept": 0.12})
     assert "kept only 49%" in result_note("a.png", img, {**crop, "restoration_kept": 0.499})  # under half
+    from odedit.fidelity import kept_percent
+
+    assert [kept_percent(k) for k in (0.29, 0.57, 0.999, 0.0, 1.0)] == ["29%", "57%", "99%", "0%", "100%"]
     assert result_note("a.png", img, {**crop, "restoration_kept": 0.8}).endswith("per face.")
 
 

@@ -520,10 +520,10 @@ def test_oracle_best_of_is_labelled_and_never_worse_than_one_sample(tmp_path, mo
     assert f"| {oracle} † |" in text and "oracle: best PSNR of 2 against the clean image" in text
 
 
-def test_aligned_gate_score_reproduces_the_bench_and_gates_every_image(full_run, tmp_path):
+def test_aligned_gate_score_reproduces_the_bench_and_scores_every_variant(full_run, tmp_path):
     """benchmarks/aligned_gate_score.py re-scores a bench's restorations through the crop gate: its
     "restored" row (the gate off) and its source row are the bench's own PSNR, SSIM and SWD (same
-    images, same descriptors), and every gated variant scores all the images."""
+    images, same descriptors), and it reports every gated variant."""
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "aligned_gate_score.py"

@@ -36,3 +36,25 @@ def test_cpuinfo_fallback_reads_the_flags(monkeypatch, tmp_path):
 def test_unknown_dtype_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown dtype"):
         devices.resolve_dtype_for("float8", torch.device("cpu"))
+
+
+def test_launched_processes_and_when_they_group_on_the_cpu(monkeypatch):
+    import torch
+
+    from odedit.devices import launched_processes, needs_cpu_process_group, process_group_mismatch
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert launched_processes() == 1
+    monkeypatch.setenv("WORLD_SIZE", " 4 ")
+    assert launched_processes() == 4
+    for bad in ("0", "-1", "2.5", "x"):
+        monkeypatch.setenv("WORLD_SIZE", bad)
+        with pytest.raises(ValueError, match="WORLD_SIZE"):
+            launched_processes()
+    for kind, group_on_cpu in ((None, True), ("mps", True), ("cuda", False), ("xpu", False)):
+        acc = None if kind is None else torch.device(kind)
+        monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *a, acc=acc, **k: acc)
+        assert needs_cpu_process_group(2) is group_on_cpu, kind
+        assert needs_cpu_process_group(1) is False
+    assert process_group_mismatch(1, 1, "x") is None and process_group_mismatch(2, 2, "x") is None
+    assert "formed a group of 1; each would run alone" in process_group_mismatch(2, 1, "each would run alone")

@@ -557,14 +557,16 @@ def test_two_cpu_processes_under_torchrun_form_one_run(blobs, tmp_path):
     common = ["--config", "tiny", "--resolution", "16", "--gaussian-rank", "4", "--sample-every", "0",
               "--checkpoint-every", "1", "--workers", "1", "--warmup-steps", "1", "--quiet"]
     run = tmp_path / "ddp"
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                    "-m", "odedit.cli", "train", "--data", str(blobs), "--out", str(run), "--steps", "3",
-                    "--batch-size", "4", *common], env=env, check=True, timeout=300, capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "odedit.cli", "train", "--cpu", "--data", str(blobs), "--out", str(run),
+                           "--steps", "3", "--batch-size", "4", *common], env=env, timeout=300, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((run / "model" / "odedit_train.json").read_text())
     assert (info["step"], info["images_seen"]) == (3, 3 * 2 * 4)
     assert (latest_checkpoint(run) / "random_states_1.pkl").is_file()  # the second process checkpointed
     # one process, --batch-size not given again: the global batch of 8 is kept (not 4)
-    assert cli(["train", "--out", str(run), "--resume", "--steps", "4", "--quiet"]) == 0
+    assert cli(["train", "--out", str(run), "--resume", "--steps", "4", "--cpu", "--quiet"]) == 0
     assert json.loads((run / "model" / "odedit_train.json").read_text())["images_seen"] == 4 * 8
     saved = json.loads((run / "train_config.json").read_text())
     assert (saved["config"]["batch_size"], saved["resolved"]["global_batch"]) == (8, 8)
@@ -578,8 +580,9 @@ def test_resume_keeps_the_global_batch_over_another_number_of_processes(tmp_path
     from odedit.cli.common import CLIError
     from odedit.cli.train import INHERITED, resolve_settings
 
-    (tmp_path / "train_config.json").write_text(json.dumps(
-        {"config": {"batch_size": 16, "grad_accum": 1, "lr": 1e-3}, "resolved": {"global_batch": 32}}))
+    def saved(resolved):
+        (tmp_path / "train_config.json").write_text(json.dumps(
+            {"config": {"batch_size": 16, "grad_accum": 1, "lr": 1e-3}, "resolved": resolved}))
 
     def settings(world, **flags):
         monkeypatch.setenv("WORLD_SIZE", str(world))
@@ -587,10 +590,20 @@ def test_resume_keeps_the_global_batch_over_another_number_of_processes(tmp_path
         s = resolve_settings(args)
         return s["batch_size"], s.get("grad_accum", 1)
 
+    saved({"global_batch": 32, "processes": 2})
     assert settings(1) == (32, 1)
     assert settings(2) == (16, 1)
     assert settings(4) == (8, 1)
-    assert settings(2, grad_accum=2) == (8, 2)
+    assert settings(4, grad_accum=2) == (4, 2)
+    assert settings(2, grad_accum=2) == (16, 2)  # same processes: more micro-batches, a larger batch
     assert settings(1, batch_size=8) == (8, 1)
     with pytest.raises(CLIError, match="does not split over 3 process"):
         settings(3)
+    for bad in ("0", "-2", "two"):
+        with pytest.raises(CLIError, match="WORLD_SIZE"):
+            settings(bad)
+    saved({})  # a run folder from before the global batch was recorded: the saved batch
+    assert settings(1) == (16, 1)
+    (tmp_path / "train_config.json").write_text(json.dumps({"config": {"batch_size": 16}, "resolved": [1]}))
+    with pytest.raises(CLIError, match="cannot read"):
+        settings(1)

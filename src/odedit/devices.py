@@ -100,3 +100,41 @@ def auto_mixed_precision(on_cpu: bool) -> str:
     except TypeError:  # pragma: no cover - PyTorch < 2.3 has no emulation argument
         native = torch.cuda.is_bf16_supported()
     return "bf16" if native else "no"
+
+
+def launched_processes() -> int:
+    """How many processes the launcher (``torchrun``, ``accelerate launch``, MPI) started: the
+    ``WORLD_SIZE`` environment variable, 1 without a launcher. A value that is not a whole number
+    of at least 1 raises ``ValueError`` naming it."""
+    import os
+
+    raw = os.environ.get("WORLD_SIZE", "").strip() or "1"
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"WORLD_SIZE={raw!r} is not a number of processes (a whole number >= 1)")
+    return n
+
+
+def needs_cpu_process_group(launched: int) -> bool:
+    """True when ``launched`` processes must be asked to form their group on the CPU (gloo):
+    accelerate forms one only when asked, and otherwise each process would run alone. That is
+    the case without an accelerator that has a distributed backend of its own (CUDA, XPU, NPU,
+    HPU, ...); MPS has none, so processes on a Mac group on the CPU too."""
+    if launched <= 1:
+        return False
+    accelerator = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
+    if accelerator is None and torch.cuda.is_available():  # torch without torch.accelerator
+        return False
+    return accelerator is None or accelerator.type == "mps"
+
+
+def process_group_mismatch(launched: int, formed: int, consequence: str) -> str | None:
+    """The error message when accelerate formed a group of ``formed`` processes where the launcher
+    started ``launched`` (``consequence``: what would go wrong), else None."""
+    if launched > 1 and formed != launched:
+        return (f"launched as {launched} processes but accelerate formed a group of {formed}; {consequence}. "
+                "Use `accelerate launch` on GPUs or `torchrun --nproc_per_node N` on CPUs")
+    return None

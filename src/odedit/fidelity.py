@@ -32,6 +32,8 @@ masks are (h, w) float32 in [0, 1]. Pure NumPy/torch functions; nothing here cli
 
 from __future__ import annotations
 
+import math
+
 import functools
 
 import numpy as np
@@ -146,7 +148,7 @@ LOW_KEPT = 0.5
 def kept_percent(share: float) -> str:
     """``share`` (0..1) of the restoration's change as the CLI and the app print it, e.g. ``"49%"``:
     truncated, so a share under :data:`LOW_KEPT` never reads as 50%."""
-    return f"{int(100 * share)}%"
+    return f"{math.floor(round(100 * share, 6))}%"  # round first: int(100 * 0.29) is 28
 
 
 def restoration_share(

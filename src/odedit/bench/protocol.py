@@ -182,24 +182,25 @@ def process_context(cpu: Optional[bool] = None) -> ProcessContext:
     """The ``accelerate`` process state (imported lazily); one process without a launcher.
 
     ``cpu``: processes without GPUs (``torchrun --nproc_per_node N`` on CPU; accelerate
-    only forms a CPU process group when asked). Default: True when CUDA is unavailable.
+    only forms a CPU process group when asked). Default: :func:`odedit.devices.needs_cpu_process_group`
+    (several processes and no accelerator with a distributed backend).
     """
     try:
         from accelerate import PartialState
     except ImportError:  # pragma: no cover - accelerate is a dependency
         return ProcessContext()
-    if cpu is None:
-        import torch
+    from odedit.devices import launched_processes, needs_cpu_process_group, process_group_mismatch
 
-        cpu = not torch.cuda.is_available()
+    try:
+        launched = launched_processes()
+    except ValueError as err:
+        raise BenchError(str(err)) from None
+    if cpu is None:
+        cpu = needs_cpu_process_group(launched)
     state = PartialState(cpu=cpu)
-    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if launched > 1 and state.num_processes != launched:
-        raise BenchError(
-            f"launched as {launched} processes but accelerate formed a group of {state.num_processes}; "
-            "every process would evaluate every image. Use `accelerate launch` on GPUs or "
-            "`torchrun --nproc_per_node N` on CPUs"
-        )
+    mismatch = process_group_mismatch(launched, state.num_processes, "every process would evaluate every image")
+    if mismatch:
+        raise BenchError(mismatch)
     return ProcessContext(state.process_index, state.num_processes, state.device, state.wait_for_everyone)
 
 

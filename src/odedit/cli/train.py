@@ -14,8 +14,9 @@ recursively) or an uncompressed/compressed .zip of images. Images are decoded on
 memory at --resolution (Lanczos; --fit stretch resizes the whole frame, like `odedit
 restore`'s default; --fit crop takes the central square first), randomly mirrored.
 
-Runs on one CPU/GPU as is, and on several GPUs with `accelerate launch` (same flags;
---batch-size is per process). Stop by --steps and/or --minutes (wall time, for budgeted
+Runs on one CPU/GPU as is, on several GPUs with `accelerate launch`, and as one process
+per CPU core with `torchrun --nproc_per_node N` (same flags; --batch-size is per process; a
+run resumed with another number of processes keeps its global batch). Stop by --steps and/or --minutes (wall time, for budgeted
 GPU runs). Outputs in --out:
   model/            EMA weights as a save_pretrained folder: `odedit restore --model OUT/model`
   checkpoints/      step_XXXXXXX/ (model, EMA, optimizer, counters), atomic; --resume continues
@@ -240,6 +241,8 @@ def resolve_settings(args) -> dict:
         try:
             saved_all = json.loads(path.read_text())
             saved, resolved = saved_all["config"], saved_all.get("resolved") or {}
+            if not isinstance(saved, dict) or not isinstance(resolved, dict):
+                raise TypeError("'config' and 'resolved' must be objects")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise CLIError(f"cannot read {path} to resume: {err}") from None
         saved = {k: v for k, v in saved.items() if k in INHERITED and v is not None}
@@ -254,15 +257,19 @@ def resolve_settings(args) -> dict:
 
 
 def _per_process_batch(saved: dict, explicit: dict, resolved: dict) -> int:
-    """The per-process batch that keeps a resumed run's global batch when it is resumed with another
-    number of processes (``WORLD_SIZE``, set by torchrun / accelerate launch) and --batch-size is not
-    given again; refused when the global batch does not split evenly."""
-    import os
+    """The per-process batch of a resumed run when --batch-size is not given again: the saved one,
+    or, when the run is resumed with another number of processes (``WORLD_SIZE``, set by torchrun /
+    accelerate launch), the saved global batch split over the processes and micro-batches (refused
+    when it does not split). With the same processes, a new --grad-accum multiplies the batch."""
+    from odedit.devices import launched_processes
 
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    try:
+        world = launched_processes()
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     accum = explicit.get("grad_accum", saved.get("grad_accum", 1))
-    global_batch = resolved.get("global_batch")
-    if not isinstance(global_batch, int) or global_batch == saved["batch_size"] * accum * world:
+    global_batch, before = resolved.get("global_batch"), resolved.get("processes")
+    if not isinstance(global_batch, int) or not isinstance(before, int) or before == world:
         return saved["batch_size"]
     if global_batch % (accum * world):
         raise CLIError(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import os
 import shutil
 import signal
 import sys
@@ -214,24 +213,34 @@ def _make_accelerator(cfg: TrainConfig):
     """(the ``Accelerator``, the resolved mixed-precision mode); CUDA math flags set, bf16 warning given."""
     from accelerate import Accelerator
 
-    from odedit.devices import auto_mixed_precision, cpu_has_fast_bf16
+    from odedit.devices import (
+        auto_mixed_precision,
+        cpu_has_fast_bf16,
+        launched_processes,
+        needs_cpu_process_group,
+        process_group_mismatch,
+    )
 
     on_cpu = cfg.cpu or not torch.cuda.is_available()
     mixed_precision = auto_mixed_precision(on_cpu) if cfg.mixed_precision == "auto" else cfg.mixed_precision
-    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    # accelerate forms a CPU process group (gloo) only when asked for the CPU: under
-    # `torchrun --nproc_per_node N` without CUDA, ask, or every process trains alone into one folder.
-    cpu = cfg.cpu or (launched > 1 and not torch.cuda.is_available())
+    try:
+        launched = launched_processes()
+    except ValueError as err:
+        raise TrainError(str(err)) from None
+    # under `torchrun --nproc_per_node N` without CUDA (or another accelerator with its own
+    # backend), ask for the CPU: accelerate forms a gloo group only then
+    cpu = cfg.cpu or needs_cpu_process_group(launched)
     try:
         accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=cpu)
     except (ValueError, RuntimeError) as err:
-        raise TrainError(f"cannot set up accelerate with --mixed-precision {mixed_precision}: {err}") from None
-    if launched > 1 and accelerator.num_processes != launched:
         raise TrainError(
-            f"launched as {launched} processes but accelerate formed a group of {accelerator.num_processes}; "
-            "each process would train alone and overwrite the others' checkpoints. Use `accelerate launch` "
-            "on GPUs or `torchrun --nproc_per_node N` on CPUs"
-        )
+            f"cannot set up accelerate (--mixed-precision {mixed_precision}, {launched} process(es)): {err}"
+        ) from err
+    mismatch = process_group_mismatch(
+        launched, accelerator.num_processes, "each process would train alone and overwrite the others' checkpoints"
+    )
+    if mismatch:
+        raise TrainError(mismatch)
     if device_is_cuda(accelerator.device):
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
