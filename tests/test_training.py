@@ -607,3 +607,36 @@ def test_resume_keeps_the_global_batch_over_another_number_of_processes(tmp_path
     (tmp_path / "train_config.json").write_text(json.dumps({"config": {"batch_size": 16}, "resolved": [1]}))
     with pytest.raises(CLIError, match="cannot read"):
         settings(1)
+
+
+def test_long_run_script_warm_starts_then_continues(trained, blobs, tmp_path):
+    """scripts/long_run.sh: a run folder without a checkpoint is warm-started from WEIGHTS with the
+    long run's settings (global batch 32 split over PROCS); with one, it is continued; a global
+    batch that does not split over PROCS is refused before anything runs."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "long_run.sh"
+    run = tmp_path / "long"
+    env = {**os.environ, "PROCS": "1", "DATA": str(blobs), "WEIGHTS": str(trained[0] / "model")}
+    env.pop("WORLD_SIZE", None)
+    extra = ["--resolution", "16", "--gaussian-rank", "4", "--quiet"]
+
+    def go(*args, **more):
+        return subprocess.run(["bash", str(script), *args], env={**env, **more}, capture_output=True, text=True,
+                              timeout=300)
+
+    first = go("5", str(run), "--steps", "1", *extra)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "warm start" in first.stdout
+    saved = json.loads((run / "train_config.json").read_text())["config"]
+    assert (saved["batch_size"], saved["lr"], saved["ema_power"], saved["resume_from_weights"]) == (
+        32, 1e-3, 0.6667, str(trained[0] / "model"))
+    second = go("5", str(run), "--steps", "2", "--quiet")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "continuing" in second.stdout
+    assert json.loads((run / "model" / "odedit_train.json").read_text())["images_seen"] == 2 * 32
+    refused = go("5", str(tmp_path / "other"), *extra, PROCS="3")
+    assert refused.returncode == 2 and "does not split over 3" in refused.stderr
+    assert not (tmp_path / "other").exists()
