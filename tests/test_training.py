@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -640,3 +641,55 @@ def test_long_run_script_warm_starts_then_continues(trained, blobs, tmp_path):
     refused = go("5", str(tmp_path / "other"), *extra, PROCS="3")
     assert refused.returncode == 2 and "does not split over 3" in refused.stderr
     assert not (tmp_path / "other").exists()
+
+
+def _parent(proc_dir) -> int:
+    """The parent pid of the process whose /proc folder this is (0 if it has gone)."""
+    try:
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+@pytest.mark.parametrize("target", ["torchrun", "one worker"])
+def test_sigterm_stops_a_torchrun_run_with_a_checkpoint(blobs, tmp_path, target):
+    """SIGTERM to torchrun (which passes it to every worker, kills them 30 s later and exits 1
+    itself) or to one worker alone (torchrun then exits 0): all processes agree to stop at the same
+    step, checkpoint and export."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    run = tmp_path / "sig"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "-m", "odedit.cli", "train", "--cpu", "--data", str(blobs), "--out", str(run),
+                             "--steps", "1000000", "--batch-size", "4", "--config", "tiny", "--resolution", "16",
+                             "--gaussian-rank", "4", "--sample-every", "0", "--checkpoint-every", "0",
+                             "--checkpoint-minutes", "0", "--workers", "1", "--log-every", "1", "--quiet"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not ((run / "log.jsonl").is_file() and (run / "log.jsonl").read_text().count("\n") >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.2)
+        if target == "torchrun":
+            proc.send_signal(signal.SIGTERM)
+        else:  # the worker of rank 1 (not the main process): torchrun's child with RANK=1
+            pids = [d.name for d in Path("/proc").iterdir() if d.name.isdigit() and _parent(d) == proc.pid]
+            rank1 = [p for p in pids if b"\0RANK=1\0" in b"\0" + open(f"/proc/{p}/environ", "rb").read()]
+            assert len(pids) == 2 and len(rank1) == 1, pids
+            os.kill(int(rank1[0]), signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == (1 if target == "torchrun" else 0), err[-3000:]
+    info = json.loads((run / "model" / "odedit_train.json").read_text())
+    ckpt = latest_checkpoint(run)
+    assert ckpt is not None and ckpt.name == f"step_{info['step']:07d}" and info["step"] >= 3
+    assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == info["step"]
+    assert (ckpt / "random_states_1.pkl").is_file()  # both processes saved this step

@@ -54,7 +54,9 @@ from odedit.unets import DEFAULT_SCHEDULER_CONFIG, build_unet
 
 # Keep the decoded dataset on the accelerator when it is at most this big (CelebA-64: 297 MB).
 DATA_ON_DEVICE_MAX_BYTES = 4 << 30
-# With several processes, wall-clock and signal decisions are agreed on every this many steps.
+# With several processes, wall-clock and signal decisions are agreed on every this many steps on
+# GPUs (each agreement waits for the device); every step on CPUs, where a step takes seconds and
+# torchrun kills its workers 30 s after passing them a SIGTERM.
 SYNC_EVERY = 10
 # The heavy imports of a run, as (module, names): loaded by _import_dependencies before the
 # run's clock starts, so that their seconds count neither against --minutes nor in elapsed_s.
@@ -62,7 +64,7 @@ SYNC_EVERY = 10
 _DEPENDENCIES = (
     ("diffusers", ()),
     ("accelerate", ("Accelerator",)),
-    ("accelerate.utils", ("broadcast", "set_seed")),
+    ("accelerate.utils", ("set_seed",)),
     ("diffusers", ("UNet2DModel",)),
     ("diffusers.training_utils", ("EMAModel",)),
     ("tqdm.auto", ("tqdm",)),
@@ -672,11 +674,13 @@ class _Run:
         time_up = self.deadline is not None and now >= self.deadline
         ckpt_due = cfg.checkpoint_minutes > 0 and now - self.t_ckpt >= cfg.checkpoint_minutes * 60.0
         flags = [time_up, stop_flag.set, ckpt_due]
-        if self.world > 1:  # every process must take the same decision at the same step
-            if step % SYNC_EVERY == 0:
-                from accelerate.utils import broadcast
+        if self.world > 1:  # every process takes the same decision at the same step: any one's
+            if self.device.type == "cpu" or step % SYNC_EVERY == 0:  # signal or clock stops all
+                import torch.distributed as dist
 
-                flags = broadcast(torch.tensor(flags, device=self.device, dtype=torch.int32)).bool().tolist()
+                agreed = torch.tensor(flags, device=self.device, dtype=torch.int32)
+                dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+                flags = agreed.bool().tolist()
             else:
                 flags = [False, False, False]
         if flags[0] or flags[1]:
