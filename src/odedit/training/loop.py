@@ -1,7 +1,8 @@
 """The training run: set-up, resume, the step loop, checkpoints, sample grids and the final export.
 
-Machinery: ``accelerate`` (one process, or several with ``accelerate launch``;
-``--mixed-precision``, gradient accumulation), AdamW with linear warm-up, an EMA of
+Machinery: ``accelerate`` (one process, several GPUs with ``accelerate launch``, or one
+process per CPU core under ``torchrun``, grouped over gloo; ``--mixed-precision``, gradient
+accumulation), AdamW with linear warm-up, an EMA of
 the weights (``diffusers.training_utils.EMAModel``), atomic checkpoints that resume
 bit-exactly, a JSONL loss log, sample grids, and the final export of the EMA weights
 as a ``save_pretrained`` folder that :func:`odedit.models.load_model` reads.
