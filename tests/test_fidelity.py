@@ -194,3 +194,38 @@ def test_keep_input_with_the_gate_off_is_the_fine_band_split():
     fine_p, fine_r = clean - F.lowpass(clean, 4.0), restored - F.lowpass(restored, 4.0)
     g = F.detail_gain(fine_p, F.noise_sigma(clean), F.noise_share_of_fine_band(clean.shape[:2], 4.0), 4.0, 1.0)
     assert np.allclose(a, restored + g * (fine_p - fine_r), atol=1e-3)
+
+
+@pytest.mark.parametrize("amount", [0.03, 0.15])
+def test_noise_sigma_sees_salt_and_pepper_impulses(amount):
+    """Impulse noise (values thrown to 0 or 255, as ImageNet-C's impulse_noise): the median-based
+    estimate alone reads almost clean; with the impulses' variance it is the noise's true std."""
+    rng = np.random.default_rng(5)
+    clean = _smooth_image(128, 128)
+    noisy = clean.copy()
+    hit = rng.random(noisy.shape) < amount
+    noisy[hit] = np.where(rng.random(int(hit.sum())) < 0.5, 0.0, 255.0)
+    true = float(np.std(noisy.astype(np.float64) - clean))
+    assert F.noise_sigma(noisy) == pytest.approx(true, rel=0.15)
+    assert F.impulse_variance(noisy) > 0.5 * true**2
+    mask = np.zeros(noisy.shape[:2], bool)
+    mask[:, :64] = True  # impulses measured over the mask only: the same density there
+    assert F.noise_sigma(noisy, mask.astype(np.float32)) == pytest.approx(true, rel=0.15)
+
+
+def test_saturated_areas_are_not_impulses():
+    """Blown highlights and black areas wider than a few pixels (their 3x3 median is saturated
+    too) add nothing, bit for bit: the estimate is Donoho's alone."""
+    img = _smooth_image(128, 128)
+    img[10:40, 10:50] = 255.0
+    img[80:120, 60:100] = 0.0
+    yy, xx = np.mgrid[0:128, 0:128]
+    img[(yy - 64) ** 2 + (xx - 20) ** 2 < 15**2] = 255.0  # a disc: a staircase edge
+    assert F.impulse_variance(img) == 0.0
+    assert F.impulse_variance(_smooth_image(128, 128)) == 0.0  # no value at the ends: no filtering
+    assert F.noise_sigma(img) < 0.5
+    specks = _smooth_image(128, 128)
+    specks[np.arange(5, 125, 10), np.arange(5, 125, 10)] = 0.0  # 12 black pixels (0.07 %): features
+    assert F.impulse_variance(specks) == 0.0
+    specks[::4, ::4] = 255.0  # every 16th pixel white (6 %): noise
+    assert F.impulse_variance(specks) > 0.0

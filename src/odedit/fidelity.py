@@ -69,25 +69,72 @@ def lowpass(region: np.ndarray, factor: float) -> np.ndarray:
 
 
 def noise_sigma(region: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Noise standard deviation of ``region`` (grey levels), Donoho's estimator.
+    """Noise standard deviation of ``region`` (h, w, C) in grey levels (0..255): Donoho's estimator
+    plus salt-and-pepper impulses.
 
-    The finest diagonal Haar band, HH = (a - b - c + d) / 2 over 2x2 blocks, of each channel;
-    sigma = median(|HH|) / 0.6745 over the blocks where ``mask`` > 0.5 (all when None).
-    Natural images have little energy in HH, white noise of std s gives HH of std s.
+    1. Donoho: the finest diagonal Haar band, HH = (a - b - c + d) / 2 over 2x2 blocks, of each
+       channel; s_g = median(|HH|) / 0.6745 over the blocks where ``mask`` > 0.5 (all when None).
+       Natural images have little energy in HH, white noise of std s gives HH of std s.
+    2. The median ignores sparse outliers by design, so impulse noise (channel values thrown to
+       0 or 255) reads as almost clean. Its variance is added: v_i = the sum of (x - median3x3(x))^2
+       over the values at the range's ends that jump more than ``IMPULSE_MIN_JUMP`` from their
+       3x3 median and have at most ``IMPULSE_MAX_TWINS`` of their 8 neighbours at the same end,
+       divided by the number of values (in the mask); 0 when under ``IMPULSE_MIN_SHARE`` of the
+       values are such impulses. sigma = sqrt(s_g^2 + v_i).
+       Measured on 300 degraded val faces: impulse noise at severity 4 reads 15 instead of ~60
+       without step 2; clean portraits move by at most 0.3 (docs/faces.md).
     """
     x = np.asarray(region, dtype=np.float64)
     h, w = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
     if h < 2 or w < 2:
         return 0.0
-    x = x[:h, :w]
-    hh = (x[0::2, 0::2] - x[0::2, 1::2] - x[1::2, 0::2] + x[1::2, 1::2]) / 2.0
-    if mask is not None:
-        m = np.asarray(mask, dtype=np.float64)[:h, :w]
-        keep = m[0::2, 0::2] > 0.5
+    keep_px = None if mask is None else np.asarray(mask, dtype=np.float64) > 0.5
+    xc = x[:h, :w]
+    hh = (xc[0::2, 0::2] - xc[0::2, 1::2] - xc[1::2, 0::2] + xc[1::2, 1::2]) / 2.0
+    if keep_px is not None:
+        keep = keep_px[:h, :w][0::2, 0::2]
         if keep.sum() < 16:
-            keep = np.ones_like(keep)
+            keep, keep_px = np.ones_like(keep), None
         hh = hh[keep]
-    return float(np.median(np.abs(hh)) * _MAD_TO_SIGMA)
+    sigma = float(np.median(np.abs(hh)) * _MAD_TO_SIGMA)
+    impulses = impulse_variance(x, keep_px)
+    return sigma if impulses == 0.0 else math.sqrt(sigma * sigma + impulses)
+
+
+# A salt-and-pepper value jumps at least this far (grey levels) from its 3x3 median; a saturated
+# highlight or shadow wider than a few pixels does not (its median is saturated too).
+IMPULSE_MIN_JUMP = 50.0
+IMPULSE_MAX_TWINS = 2
+# Impulses count as noise only when at least this share of the values are impulses (ImageNet-C's
+# impulse_noise hits 3-27 % of them; a clean 64 px face crop has a handful: a pupil, an eyelash).
+IMPULSE_MIN_SHARE = 0.005
+
+
+def impulse_variance(region: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """v_i of :func:`noise_sigma`: the variance that salt-and-pepper impulses add to ``region``
+    ((h, w, C) grey levels, 0..255), over the pixels where ``mask`` (h, w) bool is True (all when
+    None). 0.0 exactly when no value sits at 0 or 255 (the median filter is then not run) or when
+    the impulses are too few to be noise."""
+    from scipy.ndimage import convolve, median_filter
+
+    x = np.asarray(region, dtype=np.float64)
+    ends = (x <= 0.5) | (x >= 254.5)
+    if mask is not None:
+        ends &= mask[..., None]
+    if not ends.any():
+        return 0.0
+    jump = x - median_filter(x, size=(3, 3, 1), mode="nearest")
+    # isolated: at most IMPULSE_MAX_TWINS of the 8 neighbours share the value (a saturated area's
+    # corner or staircase edge has 3 or more; impulses at ImageNet-C's densities rarely do)
+    ring = np.ones((3, 3, 1))
+    ring[1, 1, 0] = 0.0
+    twins = np.where(x >= 254.5, convolve((x >= 254.5).astype(np.float64), ring, mode="constant"),
+                     convolve((x <= 0.5).astype(np.float64), ring, mode="constant"))
+    impulse = ends & (np.abs(jump) > IMPULSE_MIN_JUMP) & (twins <= IMPULSE_MAX_TWINS)
+    count = x.size if mask is None else int(mask.sum()) * x.shape[2]
+    if impulse.sum() < IMPULSE_MIN_SHARE * count:  # a few black or white specks: features, not noise
+        return 0.0
+    return float((jump[impulse] ** 2).sum() / max(count, 1))
 
 
 @functools.lru_cache(maxsize=64)  # one noise field per (region shape, factor), not per paste
