@@ -550,19 +550,18 @@ def test_two_cpu_processes_under_torchrun_form_one_run(blobs, tmp_path):
     process its own slice of every global batch), not two runs racing into one folder; its
     checkpoint resumes in one process with the same global batch."""
     import os
-    import subprocess
-    import sys
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     common = ["--config", "tiny", "--resolution", "16", "--gaussian-rank", "4", "--sample-every", "0",
               "--checkpoint-every", "1", "--workers", "1", "--warmup-steps", "1", "--quiet"]
     run = tmp_path / "ddp"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "odedit.cli", "train", "--cpu", "--data", str(blobs), "--out", str(run),
-                           "--steps", "3", "--batch-size", "4", *common], env=env, timeout=300, capture_output=True,
-                          text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _torchrun(["--data", str(blobs), "--out", str(run), "--steps", "3", "--batch-size", "4", *common], env)
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:
+        _end(proc)
+    assert proc.returncode == 0, err[-3000:]
     info = json.loads((run / "model" / "odedit_train.json").read_text())
     assert (info["step"], info["images_seen"]) == (3, 3 * 2 * 4)
     assert (latest_checkpoint(run) / "random_states_1.pkl").is_file()  # the second process checkpointed
@@ -643,6 +642,37 @@ def test_long_run_script_warm_starts_then_continues(trained, blobs, tmp_path):
     assert not (tmp_path / "other").exists()
 
 
+def _torchrun(argv, env):
+    """``odedit train --cpu ARGV`` as two processes under torchrun (output piped)."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "-m", "odedit.cli", "train", "--cpu", *argv], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _end(proc) -> None:
+    """Kill torchrun and its workers if a test left them running (killing torchrun alone would
+    leave its workers training on, orphaned)."""
+    import os
+    import signal
+
+    if proc.poll() is not None:
+        return
+    family, grew = {proc.pid}, True
+    while grew:  # every descendant, found before any is killed
+        more = {int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and _parent(d) in family}
+        grew = not more <= family
+        family |= more
+    for pid in family:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # it ended meanwhile: nothing to kill
+            pass
+    proc.communicate()
+
+
 def _parent(proc_dir) -> int:
     """The parent pid of the process whose /proc folder this is (0 if it has gone)."""
     try:
@@ -658,19 +688,15 @@ def test_sigterm_stops_a_torchrun_run_with_a_checkpoint(blobs, tmp_path, target)
     step, checkpoint and export."""
     import os
     import signal
-    import subprocess
-    import sys
     import time
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     run = tmp_path / "sig"
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             "-m", "odedit.cli", "train", "--cpu", "--data", str(blobs), "--out", str(run),
-                             "--steps", "1000000", "--batch-size", "4", "--config", "tiny", "--resolution", "16",
-                             "--gaussian-rank", "4", "--sample-every", "0", "--checkpoint-every", "0",
-                             "--checkpoint-minutes", "0", "--workers", "1", "--log-every", "1", "--quiet"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _torchrun(["--data", str(blobs), "--out", str(run), "--steps", "1000000", "--batch-size", "4",
+                      "--config", "tiny", "--resolution", "16", "--gaussian-rank", "4", "--sample-every", "0",
+                      "--checkpoint-every", "0", "--checkpoint-minutes", "0", "--workers", "1", "--log-every", "1",
+                      "--quiet"], env)
     try:
         deadline = time.monotonic() + 240
         while not ((run / "log.jsonl").is_file() and (run / "log.jsonl").read_text().count("\n") >= 3):
@@ -685,8 +711,7 @@ def test_sigterm_stops_a_torchrun_run_with_a_checkpoint(blobs, tmp_path, target)
             os.kill(int(rank1[0]), signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _end(proc)
     assert proc.returncode == (1 if target == "torchrun" else 0), err[-3000:]
     info = json.loads((run / "model" / "odedit_train.json").read_text())
     ckpt = latest_checkpoint(run)
