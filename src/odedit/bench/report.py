@@ -16,6 +16,11 @@ writes ``results.csv``, ``summary.md``,
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from odedit.metrics.distribution import LaplacianDescriptors
+
 import csv
 import hashlib
 import io
@@ -451,16 +456,17 @@ def _swd_digest(images: np.ndarray, seed: int, ref_digest: str = "") -> str:
     return h.hexdigest()[:40]
 
 
-def swd_descriptors(images: np.ndarray, seed: int, reference: bool = False) -> np.ndarray:
+def swd_descriptors(images: np.ndarray, seed: int, reference: bool = False) -> "LaplacianDescriptors":
     """The bench's Laplacian-pyramid patch descriptors (:data:`SWD_SETTINGS`) of ``images``
-    (N, H, W, 3) uint8, drawn with the bench's generator for the reference set or for a compared set."""
+    (N, H, W, 3) uint8, drawn with the bench's generator for the reference set or for a compared set
+    (:class:`odedit.metrics.distribution.LaplacianDescriptors`: per pyramid level, patches as float32)."""
     from odedit import metrics as M
 
     kw = {k: SWD_SETTINGS[k] for k in ("descriptors_per_image", "patch_size", "min_resolution")}
     return M.laplacian_descriptors(images, np.random.default_rng((seed, 1 if reference else 2)), **kw)
 
 
-def swd_of_descriptors(desc: np.ndarray, ref_desc: np.ndarray, seed: int) -> dict:
+def swd_of_descriptors(desc: "LaplacianDescriptors", ref_desc: "LaplacianDescriptors", seed: int) -> dict:
     """The bench's SWD (``{"mean", ...}`` per :func:`odedit.metrics.swd_from_descriptors`) of a set's
     descriptors against the reference's, both from :func:`swd_descriptors` with the same ``seed``."""
     from odedit import metrics as M
