@@ -58,6 +58,16 @@ def degrade(clean: np.ndarray, cond: str, sev: int, name: str) -> np.ndarray:
     return corrupt(clean, cond, sev, np.random.default_rng(corrupt_seed(0, name)))
 
 
+def parse_conditions(text: str) -> list[tuple[str, int]]:
+    """'clean0,gaussian_blur1' -> [('clean', 0), ('gaussian_blur', 1)]; each must be in CONDITIONS."""
+    known = {f"{c}{s}": (c, s) for c, s in CONDITIONS}
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown condition(s) {bad or text!r}; choose from {', '.join(known)}")
+    return [known[n] for n in names]
+
+
 def load_clean(path: str, size: int) -> np.ndarray:
     from odedit.imageio import load_image_uint8, resize_to
 
@@ -92,7 +102,7 @@ def stage_restore(args) -> None:
         for size in args.sizes:
             clean = load_clean(path, size)
             ref = plan_photo(clean, 64, lambda i: 0, detector=detector, max_faces=1, mesh=False)
-            for cond, sev in CONDITIONS:
+            for cond, sev in args.conditions:
                 name = item_name(stem, size, cond, sev)
                 if (work / f"{name}.pkl").exists():
                     continue
@@ -149,6 +159,9 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=os.path.expanduser("~/.cache/odedit/wholephoto"))
     ap.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=list(SIZES))
     ap.add_argument("--limit-photos", type=int, default=8)
+    ap.add_argument("--conditions", type=parse_conditions, default=list(CONDITIONS),
+                    help="restore stage: comma-separated condition+severity names, e.g. clean0,gaussian_blur1 "
+                         "(default: all nine)")
     ap.add_argument("--max-faces", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--dtype", choices=("bf16", "float32"), default="bf16")

@@ -21,6 +21,8 @@ from bench_whole_photo import CONDITIONS, FAMILY, cpu_label, degrade, item_name,
 # name -> paste options; "input" is the degraded photo itself.
 VARIANTS = {
     "input": None,
+    # `odedit restore`'s defaults as the library has them now (paste_faces with mask/upsampler only).
+    "default": dict(mask="face", upsampler="lanczos"),
     "frame-lanczos (before)": dict(mask="frame", upsampler="lanczos", detail=0.0, colour=False),
     "face-lanczos": dict(mask="face", upsampler="lanczos", detail=0.0, colour=False),
     "face-lanczos-detail": dict(mask="face", upsampler="lanczos", detail=1.0, colour=False),
@@ -101,9 +103,10 @@ def finish(variant: dict, deg: np.ndarray, dets, restored, upsamplers, mesh, fac
 
     if faces is None:
         faces = cut_faces(deg, dets, 64, mesh=mesh)
-    out, _ = paste_faces(deg, faces, restored, upsamplers[variant["upsampler"]], mask=variant["mask"],
-                         fidelity=variant["detail"], match_colour=variant["colour"],
-                         low_band=variant.get("low", "off"), low_margin=variant.get("margin", 1.0))
+    options = {} if "detail" not in variant else dict(
+        fidelity=variant["detail"], match_colour=variant["colour"],
+        low_band=variant.get("low", "off"), low_margin=variant.get("margin", 1.0))
+    out, _ = paste_faces(deg, faces, restored, upsamplers[variant["upsampler"]], mask=variant["mask"], **options)
     return out
 
 
