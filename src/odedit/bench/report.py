@@ -16,11 +16,6 @@ writes ``results.csv``, ``summary.md``,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # pragma: no cover
-    from odedit.metrics.distribution import LaplacianDescriptors
-
 import csv
 import hashlib
 import io
@@ -28,7 +23,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
@@ -46,6 +41,9 @@ from odedit.bench.records import (
     read_json,
     write_manifest,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from odedit.metrics.distribution import LaplacianDescriptors
 
 PSNR_CAP = 100.0  # dB: an image identical to its clean image (PSNR = inf) counts as this in means
 SWD_CACHE_DIR = "_swd"  # records/_swd/<hash>.json: SWD values by content (see aggregate)
