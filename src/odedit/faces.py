@@ -162,10 +162,8 @@ def paste_faces(
         if progress is not None:
             progress(i, len(faces))
         factor = needed_factor(align.scale_of(face.matrix))
-        big = upsampler.upsample([np.asarray(frame, dtype=np.uint8)], factor)[0] if factor > 1 else frame
         want = frame.shape[0] * factor
-        if big.shape[0] < want:  # e.g. a fixed x4 model asked for x10: Lanczos for the rest
-            big = resize_to(big, want, want)
+        big = _upsample_to(frame, upsampler, factor, want, want)
         alpha, info = paste_mask(face, big.shape[0], mask)
         stats: dict = {}
         refine = _refiner(1.0 / align.scale_of(face.matrix), fidelity, match_colour, low_band, low_margin, stats)
@@ -384,7 +382,8 @@ def _resolve_upsampler(upsampler) -> Optional[Upsampler]:
 
 def _upsample_to(frame: np.ndarray, upsampler: Optional[Upsampler], factor: int, width: int, height: int) -> np.ndarray:
     """``frame`` magnified by ``factor`` (None: Lanczos), then Lanczos-resized to exactly (height,
-    width): an aligned crop's own size (:func:`paste_faces` warps its frames instead)."""
+    width) where the upsampler's output differs (e.g. a fixed x4 model asked for x10, or an aligned
+    crop's own size): (H, W, 3) uint8 in, (height, width, 3) uint8 out."""
     if factor > 1:
         frame = (upsampler or LanczosUpsampler()).upsample([np.asarray(frame, dtype=np.uint8)], factor)[0]
     return resize_to(frame, width, height)
