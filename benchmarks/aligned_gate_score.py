@@ -8,7 +8,8 @@ aligned crop then keeps the restoration's change only where the crop's noise exp
 function (`finish_aligned`, with the degraded crop as the input) to each restored image in
 BENCH/images/METHOD, for each gate mode, and prints markdown: PSNR / SSIM (mean +- SE), the paired
 difference to the degraded source, SWD of the set against the clean faces (the bench's own
-settings and seeds), and PSNR by corruption family. No model is run (seconds on a CPU).
+settings and seeds), and PSNR by corruption family; --json keeps every image's PSNR and SSIM too,
+so two runs (e.g. two step sizes) can be compared image by image. No model is run (seconds on a CPU).
 
     python benchmarks/aligned_gate_score.py ~/.cache/odedit/table1_s13 odedit-light-eps1e-05 \
         --json docs/data/aligned_gate_s13.json --save odedit-light-eps1e-05-gated
@@ -89,7 +90,8 @@ def main(argv=None) -> int:
         row["swd"] = swd_of_descriptors(swd_descriptors(np.stack(row["img"]), args.seed), ref, args.seed)["mean"]
     src = rows["source"]
     fams = [FAMILY_OF[m["corruption"]] for m in meta]
-    report = {"bench": str(args.bench), "method": args.method, "n": len(keys), "rows": {}}
+    report = {"bench": str(args.bench), "method": args.method, "n": len(keys), "images": keys, "families": fams,
+              "rows": {}}
     print(f"{len(keys)} faces of {args.bench} ({args.method})\n")
     print("| output | PSNR | SSIM | SWD | ΔPSNR (paired) | ΔSSIM (paired) | " + " | ".join(FAMILIES) + " |")
     print("|---|---|---|---|---|---|" + "---|" * len(FAMILIES))
@@ -97,7 +99,9 @@ def main(argv=None) -> int:
         dp, ds = _stats(row["psnr"] - src["psnr"]), _stats(row["ssim"] - src["ssim"])
         fam = {f: float(np.mean([p for p, g in zip(row["psnr"], fams) if g == f])) for f in FAMILIES if f in fams}
         report["rows"][label] = {"psnr": _stats(row["psnr"]), "ssim": _stats(row["ssim"]), "swd": row["swd"],
-                                 "dpsnr": dp, "dssim": ds, "family_psnr": fam}
+                                 "dpsnr": dp, "dssim": ds, "family_psnr": fam,
+                                 "per_image": {"psnr": [round(float(v), 4) for v in row["psnr"]],
+                                               "ssim": [round(float(v), 5) for v in row["ssim"]]}}
         print(f"| {label} | {row['psnr'].mean():.2f} ± {_stats(row['psnr'])[1]:.2f} | {row['ssim'].mean():.3f} | "
               f"{row['swd']:.1f} | {dp[0]:+.2f} ± {dp[1]:.2f} | {ds[0]:+.3f} ± {ds[1]:.3f} | "
               + " | ".join(f"{fam[f]:.2f}" for f in FAMILIES if f in fam) + " |")
