@@ -229,3 +229,21 @@ def test_saturated_areas_are_not_impulses():
     assert F.impulse_variance(specks) == 0.0
     specks[::4, ::4] = 255.0  # every 16th pixel white (6 %): noise
     assert F.impulse_variance(specks) > 0.0
+
+
+@pytest.mark.parametrize("low_band", ["global", "local"])
+def test_detail_the_input_lacks_is_not_taken_from_the_restoration(low_band):
+    """A blurred input (smooth, with a little sensor noise) and a restoration that invents fine
+    texture: the input's fine band is weak, so the Wiener gain alone reads it as noise and would
+    take the restoration's; the gate keeps only as much of that change as the input's fine-band
+    noise explains (session 15: 80 px blurred faces came back 0.4 dB worse without it)."""
+    clean = _smooth_image(128, 128)
+    blurred = clean + np.random.default_rng(3).normal(0, 2.0, clean.shape).astype(np.float32)
+    y, x = np.mgrid[0:128, 0:128]
+    invented = (12 * np.sin(2 * np.pi * x / 3.1) * np.sin(2 * np.pi * y / 3.7))[..., None].astype(np.float32)
+    restored = clean + invented
+    mask = np.ones(clean.shape[:2], np.float32)
+    kept = F.keep_input(restored, blurred, 2.0, 1.0, mask=mask, colour=False, low_band=low_band)
+    off = F.keep_input(restored, blurred, 2.0, 1.0, mask=mask, colour=False, low_band="off")
+    assert _psnr(kept, clean) > _psnr(off, clean) + 6
+    assert _psnr(kept, clean) > _psnr(blurred, clean) - 1.0

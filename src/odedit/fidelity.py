@@ -254,7 +254,9 @@ def keep_input(
 
     R' = R colour-matched to P (when ``colour``). Coarse band: the restoration's change is kept
     in the share H = 1 - w (1 - h) (:func:`restoration_share`); fine band: the input's detail where it
-    is signal, gain G = w g (:func:`detail_gain`). With w = 0 this is R' itself; with w = 1 and a
+    is signal, gain G = w (1 - min(1 - g, h_f)) (:func:`detail_gain`'s g; h_f: the share of the
+    fine-band change that the input's fine-band noise explains, :func:`restoration_share` with the
+    same mode; with ``low_band='off'`` h_f = 1 and G = w g). With w = 0 this is R' itself; with w = 1 and a
     clean input it is (close to) P itself: a good photo does not come back worse.
 
     Args:
@@ -293,8 +295,13 @@ def keep_input(
     out = low_p + share * (low_r - low_p)
     if factor > 1.0:
         fine_p, fine_r = p - low_p, r - low_r
-        g = detail_gain(fine_p, sigma, beta, factor, weight)
-        out = out + fine_r + g * (fine_p - fine_r)
+        # The restoration's fine band replaces the input's where the latter is noise (1 - g), and
+        # only as far as the input's fine-band noise (variance beta sigma^2) explains the change,
+        # as in the coarse band: a blurred input's fine band is weak but not noise.
+        g = detail_gain(fine_p, sigma, beta, factor, 1.0)
+        h_fine = restoration_share(fine_r - fine_p, sigma * np.sqrt(beta), low_band, factor, mask, low_margin)
+        gain = weight * (1.0 - np.minimum(1.0 - g, h_fine))
+        out = out + fine_r + gain * (fine_p - fine_r)
     return out.astype(np.float32)
 
 
