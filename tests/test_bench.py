@@ -22,12 +22,14 @@ from odedit.cli import bench as bench_cli
 from odedit.cli.common import CLIError
 from odedit.corruptions import choose_corruption, corrupt
 from odedit.imageio import fit_square, load_image_uint8
+from odedit.restorers import DEFAULT_STEP_SIZE
 from odedit.unets import build_unet, save_model
 
 N_IMAGES = 6
 SIZE = 16
 FAST = ["--steps", "6", "--presets", "light", "--langevin-steps", "2", "--device", "cpu", "--quiet"]
-ODEDIT = "odedit-light-steps6-k2-eps1e-05"  # 2 * 6 + 4 levels * 2 = 20 model calls; eps: the default, not the paper's
+EPS = f"eps{DEFAULT_STEP_SIZE:g}"  # the library's default step size, not the paper's: the names carry it
+ODEDIT = f"odedit-light-steps6-k2-{EPS}"  # 2 * 6 + 4 levels * 2 = 20 model calls
 SDEDIT = "sdedit-0.5-steps6"
 UNAVAILABLE = {"lpips": "disabled in the tests (no weights)", "fid": "disabled in the tests (no weights)"}
 ID_UNAVAILABLE = "disabled in the tests (see test_identity_column_when_the_extra_is_installed)"
@@ -632,7 +634,7 @@ def test_ablation_set_and_nfe_matched_sdedit():
 def test_lowest_level_ablation_keeps_the_total_number_of_updates():
     methods = {m.name: m for m in B.build_methods(["odedit"], presets=["light"], ablations=True,
                                                   odedit_overrides={"steps": 6, "langevin_steps": 2})}
-    lv0 = methods["odedit-light-steps6-lv0-k8-eps1e-05"].config
+    lv0 = methods[f"odedit-light-steps6-lv0-k8-{EPS}"].config
     assert lv0.levels == (0,) and lv0.total_langevin_steps == 8 == methods[ODEDIT].config.total_langevin_steps
 
 
@@ -665,7 +667,7 @@ def test_sdedit_steps_flag_keeps_sdedit_on_its_own_grid():
     args = parse(["--data", "x", "-o", "y", "--steps", "20", "--solver", "dpm++2m", "--sdedit-steps", "100",
                   "--presets", "light", "--strengths", "0.5"])
     methods = {m.name: m for m in build_methods_from_args(args)}
-    assert methods["odedit-light-steps20-eps1e-05-dpmpp2m"].config.steps == 20
+    assert methods[f"odedit-light-steps20-{EPS}-dpmpp2m"].config.steps == 20
     assert methods["sdedit-0.5"].config.steps == 100 and methods["sdedit-0.5"].nfe == 50
     # without it, --steps is both methods' grid (the old behaviour)
     args = parse(["--data", "x", "-o", "y", "--steps", "20", "--strengths", "0.5"])
@@ -697,12 +699,12 @@ def test_results_report_summarises_every_stage_of_a_staged_folder(tmp_path, monk
     first = {(r["image"], r["method"], r["metric"]): r["value"] for r in read_results(out)}
     run_bench([*common, "--methods", "odedit", "--presets", "light", "--steps", "4", "--langevin-steps", "1",
                "--solver", "dpm++2m"], monkeypatch)
-    assert {r["method"] for r in read_results(out)} == {"odedit-light-steps4-k1-eps1e-05-dpmpp2m"}
+    assert {r["method"] for r in read_results(out)} == {f"odedit-light-steps4-k1-{EPS}-dpmpp2m"}
     monkeypatch.setattr("sys.argv", ["results_report.py", str(out)])
     report.main()
     rows = read_results(out)
-    assert {r["method"] for r in rows} == {"source", ODEDIT, "odedit-light-steps4-k1-eps1e-05-dpmpp2m"}
+    assert {r["method"] for r in rows} == {"source", ODEDIT, f"odedit-light-steps4-k1-{EPS}-dpmpp2m"}
     for r in rows:  # the first stage's per-image values are unchanged
         if (r["image"], r["method"], r["metric"]) in first and r["image"] != "*":
             assert r["value"] == first[(r["image"], r["method"], r["metric"])]
-    assert "odedit-light-steps4-k1-eps1e-05-dpmpp2m" in (out / "summary.md").read_text()
+    assert f"odedit-light-steps4-k1-{EPS}-dpmpp2m" in (out / "summary.md").read_text()
