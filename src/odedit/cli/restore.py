@@ -186,7 +186,8 @@ def _add_photo_args(p: argparse.ArgumentParser) -> None:
         metavar="W",
         help=f"0..1 (default {DEFAULT_FIDELITY:g}): how much of the photo a pasted face keeps where the "
         "restoration's change is not explained by the photo's noise: its detail finer than the model's 64 px "
-        "(where it is detail rather than noise) and, unless --low-band off, its coarse band "
+        "(where it is detail rather than noise and, unless --low-band off, wherever its noise does not explain "
+        "the change) and, unless --low-band off, its coarse band "
         "(1 = all of it, 0 = the upsampled restoration alone); an aligned crop is one face filling the frame "
         "(its fine band only with --keep-size)",
     )
