@@ -92,7 +92,7 @@ def test_odedit_config_validation(kwargs, match):
 
 def test_odedit_config_defaults_are_the_paper_settings_but_the_step_size():
     cfg = ODEditConfig()
-    assert (cfg.steps, cfg.levels, cfg.step_size, cfg.temperature) == (100, (0, 25, 50, 75), 2e-5, 1 / 3)
+    assert (cfg.steps, cfg.levels, cfg.step_size, cfg.temperature) == (100, (0, 25, 50, 75), 4e-5, 1 / 3)
     assert cfg.langevin_steps * 4 == PRESETS["light"] == 100
     assert cfg.nfe == 2 * 100 + 100
     assert ODEditConfig(levels=(50, 0, 25)).levels == (0, 25, 50)  # sorted

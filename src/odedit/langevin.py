@@ -3,7 +3,7 @@
 Notation key (Algorithm 1):
     sigma_t     noise level of the latent's level, sqrt(1 - alpha_bar_t)
     sigma_1     noise level of the lowest level of the DDIM grid (level 0)
-    eps_step    the user's step size epsilon (paper: 1e-6; odedit's default 2e-5)
+    eps_step    the user's step size epsilon (paper: 1e-6; odedit's default 4e-5)
     a_t         the step at this level, a_t = eps_step * sigma_t / sigma_1
     T           temperature (paper: 1/3)
     score       s(x, t) = -eps(x, t) / sigma_t                          (eq. 9)

@@ -125,7 +125,7 @@ def _add_method_args(p) -> None:
         type=float_list,
         default=None,
         metavar="LIST",
-        help="epsilon; a list (e.g. 1e-6,1e-5) makes one method per value (default 2e-5; the paper's is 1e-6)",
+        help="epsilon; a list (e.g. 1e-6,1e-5) makes one method per value (default 4e-5; the paper's is 1e-6)",
     )
     add_odedit_override_args(m)
     m.add_argument(

@@ -115,7 +115,7 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--steps", type=ranged(int, 1, MAX_STEPS), default=None, help=f"DDIM steps N, 1-{MAX_STEPS} (default 100)"
     )
-    g.add_argument("--step-size", type=ranged(float, 0.0), default=None, help="epsilon (default 2e-5, measured through the gate; the paper's 1e-6 leaves images almost unchanged: docs/results.md)")
+    g.add_argument("--step-size", type=ranged(float, 0.0), default=None, help="epsilon (default 4e-5, measured through the gate; the paper's 1e-6 leaves images almost unchanged: docs/results.md)")
     add_odedit_override_args(g)
     s = p.add_argument_group("SDEdit settings")
     s.add_argument(
@@ -195,10 +195,11 @@ def _add_photo_args(p: argparse.ArgumentParser) -> None:
         "--low-band",
         choices=LOW_BANDS,
         default=DEFAULT_LOW_BAND,
-        help=f"the coarse-band gate (default {DEFAULT_LOW_BAND}): keep the restoration's change to the face's "
-        "coarse band only where the photo's noise explains it, so a clean face comes back as it was; "
-        "local: per region (an erased pair of glasses is refused where it happens), global: one share per "
-        "face, off: the restoration's coarse band as is (more change, the old behaviour)",
+        help=f"the noise gate (default {DEFAULT_LOW_BAND}): keep the restoration's change to the face's "
+        "coarse band, and to its fine band where the photo has detail, only where the photo's noise explains it, "
+        "so a clean face comes back as it was; local: per region (an erased pair of glasses is refused where "
+        "it happens), global: one share per face and band, off: no gate (the restoration's coarse band as is, "
+        "the photo's fine band where it is signal: more change, the old behaviour)",
     )
     f.add_argument(
         "--match-colour",
