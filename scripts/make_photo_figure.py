@@ -28,7 +28,7 @@ def main() -> int:
     ap.add_argument("--corruption", default="gaussian_noise")
     ap.add_argument("--severity", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("docs/img/whole_photo.jpg"))
-    ap.add_argument("restore_flags", nargs="*", default=["--preset", "light", "--step-size", "1e-5"])
+    ap.add_argument("restore_flags", nargs="*", default=["--preset", "light"])
     args = ap.parse_args()
     odedit = [sys.executable, "-m", "odedit.cli"]
     with tempfile.TemporaryDirectory() as tmp:

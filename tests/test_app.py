@@ -166,7 +166,7 @@ class _PageLog:
 
 
 @needs_browser
-def test_app_in_a_real_browser(app_server, tiny_unet_dir, tmp_path):
+def test_app_in_a_real_browser(app_server, tiny_unet_dir, tmp_path, single_thread):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 

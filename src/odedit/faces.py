@@ -142,7 +142,7 @@ def paste_faces(
             it is signal, and, with ``low_band`` on, its coarse band too.
         match_colour: move the pasted face's mean colour to the input's
             (:func:`odedit.fidelity.match_colour`).
-        low_band, low_margin: the coarse-band gate (:func:`odedit.fidelity.restoration_share`):
+        low_band, low_margin: the noise gate of both bands (:func:`odedit.fidelity.restoration_share`):
             ``local`` (default), ``global`` or ``off``.
         progress: ``progress(i, n)`` before face ``i`` of ``n`` is upsampled and pasted.
         masks_info: when given, each face's mask record (:func:`paste_mask`) is appended, with

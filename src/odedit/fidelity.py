@@ -18,6 +18,12 @@ weight w plays the same role, there in feature space):
                 m = NOISE_MARGIN over-subtracts a little: the local variance is itself noisy)
     F         = R + G * (D(P) - D(R))                                    (R: the restored region)
 
+That is the rule with ``low_band='off'``. With the gates on (:func:`keep_input`), the coarse band
+keeps the share H = 1 - w (1 - h) of the change L(R) - L(P), and the fine band's gain becomes
+G = w (1 - min(1 - g, h_f)), g the Wiener gain above without w, h_f the share of the fine-band
+change D(R) - D(P) that the input's fine-band noise (sqrt(beta) sigma) explains
+(:func:`restoration_share` on either band).
+
 With w = 0 the pasted face is the upsampler's (today's behaviour); with w = 1 and a clean
 input the input's fine band replaces the upsampler's, so detail the photo had is not thrown
 away; with a noisy input G falls towards 0 where the fine band is mostly noise.
@@ -182,7 +188,7 @@ def detail_gain(
 
 
 LOW_BANDS = ("off", "global", "local")
-# chosen on the whole-photo benchmark (docs/faces.md): "local" gives clean faces back at 51 dB ("off":
+# chosen on the whole-photo benchmark (docs/faces.md): "local" gave clean faces back at 51 dB (50 with the fine-band gate, session 15) ("off":
 # 29.4), mild blur and JPEG within 0.14 dB of the input ("off": 3.7-4.4 dB below), and improves the
 # noise and mask rows
 DEFAULT_LOW_BAND = "local"
@@ -206,10 +212,11 @@ def restoration_share(
     mask: np.ndarray | None = None,
     margin: float = LOW_MARGIN,
 ) -> np.ndarray | float:
-    """h: how much of the restoration's change to the coarse band to keep, in [0, 1].
+    """h: how much of the restoration's change to one band to keep, in [0, 1].
 
-    The change d = L(R) - L(P) the prior made to the band the frame holds has two sources: the
-    input's own noise there (variance sigma_low^2, which the restoration should remove) and the
+    The change d the prior made to a band (the coarse one, L(R) - L(P), or the fine one, D(R) -
+    D(P)) has two sources: the input's own noise there (variance sigma_low^2, which the
+    restoration should remove) and the
     prior's error (which it should not add: a weak or wrong prior changes a clean face too). The
     share of d's variance that the input's noise explains is the share of d worth keeping:
 
@@ -220,7 +227,7 @@ def restoration_share(
     new eye) is refused where it happens; ``off``: h = 1 (the restoration's coarse band as is).
 
     Args:
-        change: (h, w, 3) d, grey levels. sigma_low: the input's noise std in the coarse band.
+        change: (h, w, 3) d, grey levels. sigma_low: the input's noise std in that band.
         factor: photo px per frame px (the window's scale). mask: (h, w) for ``global``.
     Returns:
         a float (``off``, ``global``) or an (h, w, 1) float32 array (``local``).

@@ -280,7 +280,7 @@ def _tile_starts(size: int, tile: int) -> list[int]:
 
 @dataclass
 class RealESRGANUpsampler:
-    """Real-ESRGAN x4plus (native factor 4, whatever factor is asked; the paste resamples).
+    """Real-ESRGAN x4plus (native factor 4, whatever factor is asked; the paste resizes it to the factor it needs).
 
     Args:
         net: an x4 :class:`RRDBNet`; :meth:`load` builds it from the bundled ncnn files.

@@ -4,8 +4,9 @@ The interface is one method, ``upsample(faces, factor) -> faces``:
     faces   list of (r, r, 3) uint8 RGB frames
     factor  the integer magnification the photo needs (>= 1)
     returns list of (r', r', 3) uint8, r' >= r; an upsampler may return its own native
-            factor (the x4 diffusion upscaler always gives 4x); the paste-back warp
-            resamples whatever comes back to the photo.
+            factor (the x4 diffusion upscaler always gives 4x); the paste resizes
+            whatever comes back to exactly factor x r (Lanczos: more or less than asked),
+            then warps it into the photo.
 
 Three implementations:
     LanczosUpsampler     resize by exactly ``factor`` (default; no model).
