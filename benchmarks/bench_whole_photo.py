@@ -96,6 +96,7 @@ def stage_restore(args) -> None:
     detector = FaceDetector()
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     restorer = ODEdit.from_pretrained(None, dtype=dtype)
+    check_settings(work, {"config": restorer.config.to_dict(), "dtype": args.dtype, "model": "embedded"})
     pending = []  # (name, job, t_plan)
     for path in photos:
         stem = Path(path).stem
@@ -135,6 +136,30 @@ def stage_restore(args) -> None:
     for k, item in enumerate(pending):  # items with no face found
         if not item[1].crops:
             _write_item(work, item, [], 0.0)
+
+
+SETTINGS = "restorer.json"
+
+
+def check_settings(work: Path, settings: dict) -> None:
+    """The cache is keyed by item name only: refuse to add restorations made with other settings
+    (config, dtype, model) to a folder whose restorer.json differs, or whose restorations predate
+    restorer.json; a new folder gets one."""
+    path = work / SETTINGS
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back
+    if path.exists():
+        held = json.loads(path.read_text())
+        if held != settings:
+            diff = sorted(k for k in set(held) | set(settings) if held.get(k) != settings.get(k))
+            raise SystemExit(f"{work} holds restorations made with other settings ({', '.join(diff)} differ, "
+                             f"see {path}): use another --work")
+        return
+    if any(work.glob("*.pkl")):
+        raise SystemExit(f"{work} holds restorations of unrecorded settings (no {SETTINGS}): use another --work, "
+                         f"or write the settings they were made with to {path}")
+    tmp = work / f".{SETTINGS}.tmp"
+    tmp.write_text(json.dumps(settings, indent=1))
+    os.replace(tmp, path)
 
 
 def _write_item(work: Path, item, restored: list, restore_s: float) -> None:

@@ -156,7 +156,9 @@ def stage_score(args) -> None:
             crops[vname, FAMILY[cond]].append(aligned(out, ref_m))
         print(f"  scored {n_item + 1}/{len(items)} {name}", file=sys.stderr, flush=True)
     swd = _swd_table(crops, names)
+    held = work / "restorer.json"  # the restore stage's settings (bench_whole_photo.check_settings)
     result = {"cpu": cpu_label(), "date": time.strftime("%Y-%m-%d"), "variants": {n: VARIANTS[n] for n in names},
+              "restorer": json.loads(held.read_text()) if held.exists() else None,
               "rows": rows, "swd": swd,
               "upsampler_seconds": {k: round(u.seconds, 2) for k, u in upsamplers.items()},
               "upsampled_frames": {k: len(u.cache) for k, u in upsamplers.items()}}

@@ -708,3 +708,26 @@ def test_results_report_summarises_every_stage_of_a_staged_folder(tmp_path, monk
         if (r["image"], r["method"], r["metric"]) in first and r["image"] != "*":
             assert r["value"] == first[(r["image"], r["method"], r["metric"])]
     assert f"odedit-light-steps4-k1-{EPS}-dpmpp2m" in (out / "summary.md").read_text()
+
+
+def test_whole_photo_cache_refuses_restorations_of_other_settings(tmp_path):
+    """benchmarks/bench_whole_photo.py caches restorations by item name: a folder made with one
+    step size (or dtype) must not silently take another's."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_whole_photo", Path(__file__).parents[1] / "benchmarks" / "bench_whole_photo.py")
+    wp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wp)
+    from odedit.restorers import ODEditConfig
+
+    a = {"config": ODEditConfig(step_size=2e-5).to_dict(), "dtype": "float32", "model": "embedded"}
+    wp.check_settings(tmp_path, a)  # a new folder records its settings
+    (tmp_path / "x_s128_clean0.pkl").write_bytes(b"")
+    wp.check_settings(tmp_path, a)  # the same settings go on
+    with pytest.raises(SystemExit, match="config differ"):
+        wp.check_settings(tmp_path, {**a, "config": ODEditConfig(step_size=4e-5).to_dict()})
+    with pytest.raises(SystemExit, match="dtype differ"):
+        wp.check_settings(tmp_path, {**a, "dtype": "bf16"})
+    (tmp_path / "restorer.json").unlink()
+    with pytest.raises(SystemExit, match="unrecorded settings"):
+        wp.check_settings(tmp_path, a)
