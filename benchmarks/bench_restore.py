@@ -107,8 +107,9 @@ def main() -> None:
 
     print(f"# {label}: {params:.1f} M parameters, {size}x{size}, {device}, {args.dtype}, "
           f"{torch.get_num_threads()} threads")
-    print("| batch | method | NFE | s / image | bare UNet s / image | ms per call and image (bare) | total / bare |")
-    print("|---|---|---|---|---|---|---|")
+    print("| batch | method | NFE | images / s | ms / image | bare UNet ms / image | ms per call and image (bare) "
+          "| total / bare |")
+    print("|---|---|---|---|---|---|---|---|")
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         images = torch.rand(batch, 3, size, size, device=device)
         x_bare = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
@@ -121,7 +122,7 @@ def main() -> None:
                 compiled(x_bare, 400)
             sync(device)
             print(f"| {batch} | (torch.compile of the network for this batch size: {time.perf_counter() - t0:.1f} s, once) "
-                  "| | | | | |", flush=True)
+                  "| | | | | | |", flush=True)
         for name, restorer in restorers.items():
             nfe = restorer.config.nfe
             total = bare = 0.0
@@ -129,8 +130,8 @@ def main() -> None:
                 total += timed_restore(restorer, images, device)
                 bare += bare_calls(unet, x_bare, nfe, device)
             n = args.repeats * batch
-            print(f"| {batch} | {name} | {nfe} | {total / n:.2f} | {bare / n:.2f} | {1e3 * bare / n / nfe:.1f} "
-                  f"| {total / bare:.3f} |", flush=True)
+            print(f"| {batch} | {name} | {nfe} | {n / total:.4g} | {1e3 * total / n:.4g} | {1e3 * bare / n:.4g} "
+                  f"| {1e3 * bare / n / nfe:.3g} | {total / bare:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ cd "$(dirname "$0")/.."
 data="$(cd "${1:-../shared/data/celeba64}" && pwd)"
 tmp="$(mktemp -d)"
 mkdir -p "$tmp/out"
-OUT="$tmp/out" DATA="$data" PYTHON="${PYTHON:-.venv/bin/python}" SKIP_WHEELS=1 DEVICE=cpu CONFIG=tiny \
-  TRAIN_MINUTES=0.2 TRAIN_BATCH=8 CHECKPOINT_MINUTES=0.1 QUALITY_N=8 QUALITY_STEPS=3 QUALITY_BATCH=8 \
-  LIMIT=3 BENCH_BATCH=3 BENCH_EXTRA="--steps 4 --langevin-steps 1" TOTAL_SECONDS="${TOTAL_SECONDS:-240}" \
+OUT="$tmp/out" DATA="$data" PYTHON="${PYTHON:-.venv/bin/python}" SKIP_WHEELS=1 DEVICE=cpu CONFIG=tiny WEIGHTS= \
+  TRAIN_BATCH=8 PROBE_STEPS=2 MAX_STEPS=4 TRAIN_EXTRA="--workers 1" DENOISE_N=8 QUALITY_N=8 QUALITY_STEPS=3 \
+  QUALITY_BATCH=8 LIMIT=3 BENCH_BATCH=3 BENCH_EXTRA="--steps 4 --langevin-steps 1" TIMING_BATCHES=1 \
+  TIMING_EXTRA="--grids ddim:4 --sdedit-steps 4" AFTER_SECONDS=120 TOTAL_SECONDS="${TOTAL_SECONDS:-400}" \
   bash scripts/device_session.sh
 bash scripts/device_unpack.sh "$tmp/out" "$tmp/unpacked"
 echo "dry run outputs: $tmp"

@@ -1,34 +1,43 @@
 #!/usr/bin/env bash
-# One call of the GPU machine: train the default face prior, measure it, run the publish benchmark.
+# One call of the GPU machine (issue 29): continue training the embedded face prior (its Gaussian
+# base and the long run's recipe) at a large batch in bf16, score it against the prior it started
+# from, time restore, and run ODEdit's default on the val faces with both priors.
 #
 # Prepared here with `bash scripts/device_prepare.sh`, then run there with
 #   device run  carry ["device_data", ".whl"]  timeout_s 600  command "bash scripts/device_session.sh"
-# Everything is time-boxed inside one deadline (TOTAL_SECONDS after start, default 540 s) so
-# the call ends by itself, and every phase leaves its result under $OUT as soon as it is done,
-# so a call cut off later still returns what was finished:
+# Everything is time-boxed inside one deadline (TOTAL_SECONDS after start, default 560 s) so the
+# call ends by itself, and every phase leaves its result under $OUT as soon as it is done, so a
+# call cut off later still returns what was finished (at most 8 files of 16 MiB come back):
 #
 #   $OUT/session.log          everything printed, with phase timings
-#   $OUT/prior.tar.part-NN    the EMA model (fp16 safetensors, save_pretrained layout) +
-#                             log.jsonl + train_config.json, tar split into PART_SIZE parts
-#                             (each file that comes back is limited to 16 MiB)
-#   $OUT/quality.tar.gz       scripts/prior_quality.py: samples.png + quality.json (SWD of
-#                             QUALITY_N samples vs val, and train vs val as the floor)
-#   $OUT/bench.tar.gz         odedit bench: summary.md, results.csv, grid.png, bench.json
-#                             (re-packed after each finished stage: stage 1 = source,
-#                             odedit-medium, sdedit-0.5; 2 = + presets light/heavy, strengths
-#                             0.3/0.7; 3 = + --ablations). A stage cut off by the deadline
-#                             leaves the previous stage's tables; how far the stages get
-#                             depends on the GPU's speed (celeba64: ~12 GFLOP per forward
-#                             pass; stage 1 is ~0.2 M passes, 2 ~0.4 M more, 3 ~1.3 M more).
+#   $OUT/prior.tar.part-NN    the trained EMA model (fp16, save_pretrained layout, its Gaussian
+#                             base) + log.jsonl + train_config.json, a tar split into PART_SIZE parts
+#   $OUT/scores.tar.gz        denoising.json (x0-MSE ratio per level, both priors, first DENOISE_N
+#                             val faces), quality_new/ and quality_base/ (prior_quality.py: SWD of
+#                             QUALITY_N samples, DPM-Solver++(2M) QUALITY_STEPS steps, vs val, the
+#                             train-vs-val floor, samples.png), timing_float32.md and
+#                             timing_bfloat16.md (benchmarks/bench_restore.py)
+#   $OUT/bench_new.tar.gz     odedit bench of source, ODEdit's default (light) and SDEdit 0.5 on
+#   $OUT/bench_base.tar.gz    LIMIT val faces (severity 4, seed 0) with the new and the starting
+#                             prior: summary.md, results.csv, bench.json, and the images that
+#                             benchmarks/aligned_gate_score.py needs (clean, degraded, odedit-*)
 # Back here: bash scripts/device_unpack.sh FILES_AT  (reassembles under runs/device/).
 #
-# Settings (environment): TRAIN_MINUTES (5), TRAIN_BATCH (256), CHECKPOINT_MINUTES (2),
-# TRAIN_LR (2e-4: EDM's rate at batch 256; odedit train's default 1e-3 was measured at batch 32),
-# TRAIN_EXTRA (extra train flags), CONFIG (celeba64), DEVICE (cuda), MIXED_PRECISION (bf16),
-# QUALITY_N (2000), QUALITY_STEPS (100), QUALITY_BATCH (500), LIMIT (500), BENCH_BATCH (250),
-# BENCH_DTYPE (float32; cuDNN still uses TF32 convolutions, PyTorch's default), BENCH_EXTRA
-# (extra bench flags), TOTAL_SECONDS (540), PART_SIZE (15M), PYTHON (python3), DATA
-# (device_data), SKIP_WHEELS (set: use the installed packages, e.g. for a CPU dry run).
+# Training is two processes: a probe of PROBE_STEPS steps (warm start from WEIGHTS, warm-up
+# WARMUP steps) measures the step rate, then the run is resumed with --steps N chosen to end
+# where the time box does, the learning rate decaying linearly to 0 over the last
+# DECAY_PERCENT % of the N steps (a cool-down: the EMA of a short constant-rate run is noisier).
+#
+# Settings (environment): WEIGHTS (warm start, default the embedded prior; empty = a new network
+# of CONFIG), BASELINE (the prior compared against, default the embedded one; empty = none),
+# TRAIN_BATCH (512), TRAIN_LR (1e-3: the long run's rate), WARMUP (100), PROBE_STEPS (60),
+# DECAY_PERCENT (35), MAX_STEPS (cap on N; unset = none), CHECKPOINT_MINUTES (2), TRAIN_EXTRA
+# (extra train flags), AFTER_SECONDS (170: kept for the phases after training), CONFIG
+# (celeba64, for a new network), DEVICE (cuda), MIXED_PRECISION (bf16), DENOISE_N (256),
+# QUALITY_N (256), QUALITY_STEPS (20), QUALITY_BATCH (256), TIMING_BATCHES (1,16,64,256),
+# TIMING_EXTRA, LIMIT (300), BENCH_BATCH (300), BENCH_DTYPE (float32), BENCH_EXTRA,
+# TOTAL_SECONDS (560), PART_SIZE (15M), PYTHON (python3), DATA (device_data), SKIP_WHEELS (set:
+# use the installed packages, e.g. for a CPU dry run).
 # Exit status: 0 when every phase finished or was cut off by the deadline as planned, 1 when
 # a phase failed (the log says which). After the call, give the machine back at once.
 # A CPU dry run of the whole script with the tiny model: scripts/device_dry_run.sh.
@@ -39,9 +48,14 @@ PY="${PYTHON:-python3}"
 DATA="${DATA:-device_data}"
 CONFIG="${CONFIG:-celeba64}"
 DEVICE="${DEVICE:-cuda}"
-TOTAL_SECONDS="${TOTAL_SECONDS:-540}"
+WEIGHTS="${WEIGHTS-src/odedit/weights/celeba64}"
+BASELINE="${BASELINE-src/odedit/weights/celeba64}"
+BATCH="${TRAIN_BATCH:-512}"
+PROBE_STEPS="${PROBE_STEPS:-60}"
+TOTAL_SECONDS="${TOTAL_SECONDS:-560}"
 read -ra TRAIN_EXTRA_ARGS <<<"${TRAIN_EXTRA:-}"
 read -ra BENCH_EXTRA_ARGS <<<"${BENCH_EXTRA:-}"
+read -ra TIMING_EXTRA_ARGS <<<"${TIMING_EXTRA:-}"
 start=$(date +%s)
 deadline=$((start + TOTAL_SECONDS))
 exec > >(tee -a "$OUT/session.log") 2>&1
@@ -82,7 +96,7 @@ check() { # check NAME RC: log the outcome; a failure (not a planned cut-off) is
       ;;
   esac
 }
-pack() { # pack TARGET DIR FILES...: tar.gz of the files that exist, written atomically
+pack() { # pack TARGET DIR PATHS...: tar.gz of the paths that exist, written atomically
   local target=$1 dir=$2
   shift 2
   local files=()
@@ -113,17 +127,48 @@ if os.environ["DEVICE"] != "cpu" and not torch.cuda.is_available():
   failed+=(preflight)
   finish 1
 fi
+# The training faces travel packed (scripts/device_data.py: one shared JPEG header): rebuild the zip.
+if [ ! -f "$DATA/train.zip" ] && [ -f "$DATA/train.jpgs" ]; then
+  if ! "$PY" scripts/device_data.py unpack "$DATA/train.jpgs" "$DATA/train.zip"; then
+    failed+=(data)
+    finish 1
+  fi
+fi
 [ "$DEVICE" = cpu ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
-# 1. Train (bf16, EMA; checkpoint + export every CHECKPOINT_MINUTES so a cut-off still has weights).
+# 1. Train: the probe (warm start, warm-up, step rate), then the resumed run with its cool-down.
 RUN=runs/device-prior
 rm -rf "$RUN"
-say "phase 1: train $CONFIG for ${TRAIN_MINUTES:-5} min"
-run_boxed 150 "$PY" -m odedit.cli train --data "$DATA/train.zip" --out "$RUN" --config "$CONFIG" \
-  --mixed-precision "${MIXED_PRECISION:-bf16}" --batch-size "${TRAIN_BATCH:-256}" --lr "${TRAIN_LR:-2e-4}" \
-  --minutes "${TRAIN_MINUTES:-5}" --checkpoint-minutes "${CHECKPOINT_MINUTES:-2}" \
-  --workers 16 --export-fp16 --sample-every 0 --quiet "${TRAIN_EXTRA_ARGS[@]}"
-check train $?
+common=(--out "$RUN" --mixed-precision "${MIXED_PRECISION:-bf16}" --workers 16 --export-fp16 --sample-every 0
+  --checkpoint-every 0 --quiet "${TRAIN_EXTRA_ARGS[@]}")
+if [ -n "$WEIGHTS" ]; then start_from=(--resume-from-weights "$WEIGHTS"); else start_from=(--config "$CONFIG"); fi
+say "phase 1a: probe, $PROBE_STEPS steps at batch $BATCH from ${WEIGHTS:-a new $CONFIG network}"
+run_boxed "${AFTER_SECONDS:-170}" "$PY" -m odedit.cli train --data "$DATA/train.zip" "${start_from[@]}" \
+  --batch-size "$BATCH" --lr "${TRAIN_LR:-1e-3}" --warmup-steps "${WARMUP:-100}" --ema-power 0.6667 --seed 0 \
+  --steps "$PROBE_STEPS" --checkpoint-minutes 0 "${common[@]}"
+check train-probe $?
+# steps the rest of the box holds at the probe's rate (its later log records: past cuDNN's autotuning)
+steps=$("$PY" - "$RUN/log.jsonl" "$PROBE_STEPS" "$BATCH" $(($(left) - ${AFTER_SECONDS:-170} - 30)) "${MAX_STEPS:-0}" <<'PY'
+import json, sys
+recs = [json.loads(line) for line in open(sys.argv[1])]
+probe, batch, seconds, cap = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+rates = [r["images_per_s"] for r in recs[len(recs) // 2:]]
+n = probe + int(0.97 * max(0.0, seconds) * sum(rates) / len(rates) / batch)
+print(min(n, cap) if cap > 0 else n)
+PY
+)
+if [ -n "$steps" ] && [ "$steps" -gt "$PROBE_STEPS" ]; then
+  decay=$(( (steps * ${DECAY_PERCENT:-35}) / 100 ))
+  [ "$decay" -ge 1 ] || decay=1
+  minutes=$("$PY" -c "print(max(0.1, ($(left) - ${AFTER_SECONDS:-170} - 10) / 60))")
+  say "phase 1b: resume to step $steps (linear decay over the last $decay), at most $minutes min"
+  run_boxed "${AFTER_SECONDS:-170}" "$PY" -m odedit.cli train --resume --steps "$steps" --lr-schedule linear \
+    --decay-steps "$decay" --minutes "$minutes" --checkpoint-minutes "${CHECKPOINT_MINUTES:-2}" "${common[@]}"
+  check train $?
+else
+  say "phase 1b: skipped (probe gave no step rate or no time is left: steps '${steps}')"
+  failed+=(train-steps)
+fi
 if [ ! -d "$RUN/model/unet" ]; then
   say "no model exported"
   failed+=(no-model)
@@ -135,32 +180,56 @@ check pack-prior $?
 tail -n 3 "$RUN/log.jsonl"
 say "prior packed: $(ls "$OUT" | grep -c prior.tar.part) part(s)"
 
-# 2. Sample quality: grid + SWD of samples vs val, train vs val (floor).
-say "phase 2: prior quality (${QUALITY_N:-2000} samples)"
-run_boxed 90 "$PY" scripts/prior_quality.py --model "$RUN/model" --val "$DATA/val.zip" --train "$DATA/train.zip" \
-  -n "${QUALITY_N:-2000}" --steps "${QUALITY_STEPS:-100}" --device "$DEVICE" --batch-size "${QUALITY_BATCH:-500}" \
-  -o "$RUN/quality"
-check quality $?
-pack "$OUT/quality.tar.gz" "$RUN/quality" samples.png quality.json
+# 2. Scores: denoising per level and sample quality, the new prior and the one it started from.
+SC="$RUN/scores"
+mkdir -p "$SC"
+models=(--model "$RUN/model")
+[ -z "$BASELINE" ] || models+=(--model "$BASELINE")
+say "phase 2: scores (denoising, ${QUALITY_N:-256} samples)"
+run_boxed 120 "$PY" scripts/prior_denoising.py "${models[@]}" --val "$DATA/val.zip" -n "${DENOISE_N:-256}" \
+  --device "$DEVICE" -o "$SC/denoising.json"
+check denoising $?
+for which in new base; do
+  m="$RUN/model"
+  if [ "$which" = base ]; then m="$BASELINE"; fi
+  [ -n "$m" ] || continue
+  run_boxed 110 "$PY" scripts/prior_quality.py --model "$m" --val "$DATA/val.zip" --train "$DATA/train.zip" \
+    -n "${QUALITY_N:-256}" --steps "${QUALITY_STEPS:-20}" --solver dpm++2m --batch-size "${QUALITY_BATCH:-256}" \
+    --device "$DEVICE" -o "$SC/quality_$which"
+  check "quality-$which" $?
+done
+pack "$OUT/scores.tar.gz" "$SC" denoising.json quality_new quality_base
 
-# 3. The publish benchmark, in stages that each end with a full set of tables.
-BENCH="$RUN/bench"
-common=(--data "$DATA/val.zip" --model "$RUN/model" -o "$BENCH" --limit "${LIMIT:-500}" --severity 4 --seed 0
-  --device "$DEVICE" --dtype "${BENCH_DTYPE:-float32}" --batch-size "${BENCH_BATCH:-250}" --quiet
-  "${BENCH_EXTRA_ARGS[@]}")
-stages=(
-  "--methods source,odedit,sdedit --presets medium --strengths 0.5"
-  "--methods source,odedit,sdedit --presets medium,light,heavy --strengths 0.3,0.5,0.7"
-  "--methods source,odedit,sdedit --presets medium,light,heavy --strengths 0.3,0.5,0.7 --ablations"
-)
-for i in "${!stages[@]}"; do
-  say "phase 3.$((i + 1)): bench ${stages[$i]}"
-  read -ra stage_args <<<"${stages[$i]}"
-  run_boxed 15 "$PY" -m odedit.cli bench "${common[@]}" "${stage_args[@]}"
+# 3. ODEdit's default and SDEdit on the val faces, with each prior (images kept for the crop gate).
+for which in new base; do
+  m="$RUN/model"
+  if [ "$which" = base ]; then m="$BASELINE"; fi
+  [ -n "$m" ] || continue
+  B="$RUN/bench_$which"
+  say "phase 3 ($which): bench on ${LIMIT:-300} val faces"
+  run_boxed 60 "$PY" -m odedit.cli bench --data "$DATA/val.zip" --model "$m" -o "$B" --limit "${LIMIT:-300}" \
+    --severity 4 --seed 0 --methods source,odedit,sdedit --presets light --strengths 0.5 --device "$DEVICE" \
+    --dtype "${BENCH_DTYPE:-float32}" --batch-size "${BENCH_BATCH:-300}" --quiet "${BENCH_EXTRA_ARGS[@]}"
   rc=$?
-  check "bench-stage-$((i + 1))" $rc
-  [ $rc -eq 0 ] || break # a stage rewrites bench.json when it starts: pack finished stages only
-  pack "$OUT/bench.tar.gz" "$BENCH" summary.md results.csv grid.png bench.json
+  check "bench-$which" $rc
+  if [ $rc -eq 0 ]; then
+    imgs=()
+    for d in "$B"/images/odedit-*; do [ -d "$d" ] && imgs+=("images/$(basename "$d")"); done
+    [ "$which" = base ] || imgs+=(images/clean images/degraded)
+    pack "$OUT/bench_$which.tar.gz" "$B" summary.md results.csv bench.json "${imgs[@]}"
+  fi
+done
+
+# 4. Restore's speed: images per second and the ratio to bare UNet calls (float32, bf16).
+for dtype in float32 bfloat16; do
+  say "phase 4: restore timing, $dtype"
+  run_boxed 5 "$PY" benchmarks/bench_restore.py --model "$RUN/model" --presets light,fast --strength 0.5 \
+    --batch-sizes "${TIMING_BATCHES:-1,16,64,256}" --device "$DEVICE" --dtype "$dtype" "${TIMING_EXTRA_ARGS[@]}" \
+    >"$SC/timing_$dtype.md"
+  rc=$?
+  cat "$SC/timing_$dtype.md"
+  check "timing-$dtype" $rc
+  pack "$OUT/scores.tar.gz" "$SC" denoising.json quality_new quality_base timing_float32.md timing_bfloat16.md
 done
 [ ${#failed[@]} -eq 0 ] && finish 0
 finish 1

@@ -4,8 +4,9 @@
 #   bash scripts/device_unpack.sh FILES_AT [DEST]      (DEST default runs/device)
 #
 # DEST/session.log
-# DEST/quality/{samples.png,quality.json}               sample grid and SWD figures
-# DEST/bench/{summary.md,results.csv,grid.png,bench.json}
+# DEST/scores/{denoising.json,quality_new/,quality_base/,timing_*.md}   scores and restore timing
+# DEST/bench_new/, DEST/bench_base/   {summary.md,results.csv,bench.json,images/}: ODEdit's default
+#                                     and SDEdit with the new and the starting prior
 # DEST/model, DEST/log.jsonl, DEST/train_config.json   the trained prior (from prior.tar.part-*)
 # Each part is unpacked on its own: a missing or truncated one is reported and the others are
 # still unpacked; the exit status is 1 if anything could not be unpacked.
@@ -25,7 +26,7 @@ if [ -f "$src/session.log" ]; then
 else
   problem "no session.log in $src"
 fi
-for name in quality bench; do
+for name in scores bench_new bench_base; do
   if [ -f "$src/$name.tar.gz" ]; then
     rm -rf "${dest:?}/$name"
     mkdir -p "$dest/$name"
@@ -49,12 +50,15 @@ if compgen -G "$src/prior.tar.part-*" >/dev/null; then
 else
   problem "no prior.tar.part-* in $src"
 fi
-if [ -f "$dest/quality/quality.json" ]; then
-  python3 - "$dest/quality/quality.json" <<'PY'
+for which in new base; do
+  if [ -f "$dest/scores/quality_$which/quality.json" ]; then
+    python3 - "$dest/scores/quality_$which/quality.json" "$which" <<'PY'
 import json, sys
 q = json.load(open(sys.argv[1]))
 floor = q.get("swd_train_val", {}).get("mean")
-print(f"SWD x1e3 samples-val {q['swd_samples_val']['mean']:.2f}", "" if floor is None else f"train-val (floor) {floor:.2f}")
+print(f"{sys.argv[2]}: SWD x1e3 samples-val {q['swd_samples_val']['mean']:.2f}",
+      "" if floor is None else f"train-val (floor) {floor:.2f}")
 PY
-fi
+  fi
+done
 exit "$status"
