@@ -96,7 +96,7 @@ def stage_restore(args) -> None:
     detector = FaceDetector()
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     restorer = ODEdit.from_pretrained(None, dtype=dtype)
-    check_settings(work, {"config": restorer.config.to_dict(), "dtype": args.dtype, "model": "embedded"})
+    check_settings(work, {"config": restorer.config.to_dict(), "dtype": args.dtype, "model": embedded_model_id()})
     pending = []  # (name, job, t_plan)
     for path in photos:
         stem = Path(path).stem
@@ -139,6 +139,16 @@ def stage_restore(args) -> None:
 
 
 SETTINGS = "restorer.json"
+
+
+def embedded_model_id() -> str:
+    """The embedded prior, named by its checksums file's digest: a new shipped prior is other settings."""
+    import hashlib
+
+    from odedit.models import DEFAULT_MODEL_DIR
+
+    digest = hashlib.sha256((DEFAULT_MODEL_DIR / "checksums.json").read_bytes()).hexdigest()[:16]
+    return f"embedded sha256:{digest}"
 
 
 def check_settings(work: Path, settings: dict) -> None:

@@ -31,8 +31,9 @@
 # Settings (environment): WEIGHTS (warm start, default the embedded prior; empty = a new network
 # of CONFIG), BASELINE (the prior compared against, default the embedded one; empty = none),
 # TRAIN_BATCH (512), TRAIN_LR (1e-3: the long run's rate), WARMUP (100), PROBE_STEPS (60),
-# DECAY_PERCENT (35), MAX_STEPS (cap on N; unset = none), CHECKPOINT_MINUTES (2), TRAIN_EXTRA
-# (extra train flags), AFTER_SECONDS (170: kept for the phases after training), CONFIG
+# DECAY_PERCENT (35), MAX_STEPS (cap on N; unset = none), FILL_PERCENT (97: the share of the
+# box's remaining seconds N is planned for), CHECKPOINT_MINUTES (2), TRAIN_EXTRA
+# (extra train flags), AFTER_SECONDS (200: kept for the phases after training; they took ~190 s on an H200), CONFIG
 # (celeba64, for a new network), DEVICE (cuda), MIXED_PRECISION (bf16), DENOISE_N (256),
 # QUALITY_N (256), QUALITY_STEPS (20), QUALITY_BATCH (256), TIMING_BATCHES (1,16,64,256),
 # TIMING_EXTRA, LIMIT (300), BENCH_BATCH (300), BENCH_DTYPE (float32), BENCH_EXTRA,
@@ -143,26 +144,27 @@ common=(--out "$RUN" --mixed-precision "${MIXED_PRECISION:-bf16}" --workers 16 -
   --checkpoint-every 0 --quiet "${TRAIN_EXTRA_ARGS[@]}")
 if [ -n "$WEIGHTS" ]; then start_from=(--resume-from-weights "$WEIGHTS"); else start_from=(--config "$CONFIG"); fi
 say "phase 1a: probe, $PROBE_STEPS steps at batch $BATCH from ${WEIGHTS:-a new $CONFIG network}"
-run_boxed "${AFTER_SECONDS:-170}" "$PY" -m odedit.cli train --data "$DATA/train.zip" "${start_from[@]}" \
+run_boxed "${AFTER_SECONDS:-200}" "$PY" -m odedit.cli train --data "$DATA/train.zip" "${start_from[@]}" \
   --batch-size "$BATCH" --lr "${TRAIN_LR:-1e-3}" --warmup-steps "${WARMUP:-100}" --ema-power 0.6667 --seed 0 \
   --steps "$PROBE_STEPS" --checkpoint-minutes 0 "${common[@]}"
 check train-probe $?
 # steps the rest of the box holds at the probe's rate (its later log records: past cuDNN's autotuning)
-steps=$("$PY" - "$RUN/log.jsonl" "$PROBE_STEPS" "$BATCH" $(($(left) - ${AFTER_SECONDS:-170} - 30)) "${MAX_STEPS:-0}" <<'PY'
+steps=$("$PY" - "$RUN/log.jsonl" "$PROBE_STEPS" "$BATCH" $(($(left) - ${AFTER_SECONDS:-200} - 30)) "${MAX_STEPS:-0}" \
+  "${FILL_PERCENT:-97}" <<'PY'
 import json, sys
 recs = [json.loads(line) for line in open(sys.argv[1])]
 probe, batch, seconds, cap = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
 rates = [r["images_per_s"] for r in recs[len(recs) // 2:]]
-n = probe + int(0.97 * max(0.0, seconds) * sum(rates) / len(rates) / batch)
+n = probe + int(float(sys.argv[6]) / 100 * max(0.0, seconds) * sum(rates) / len(rates) / batch)
 print(min(n, cap) if cap > 0 else n)
 PY
 )
 if [ -n "$steps" ] && [ "$steps" -gt "$PROBE_STEPS" ]; then
   decay=$(( (steps * ${DECAY_PERCENT:-35}) / 100 ))
   [ "$decay" -ge 1 ] || decay=1
-  minutes=$("$PY" -c "print(max(0.1, ($(left) - ${AFTER_SECONDS:-170} - 10) / 60))")
+  minutes=$("$PY" -c "print(max(0.1, ($(left) - ${AFTER_SECONDS:-200} - 10) / 60))")
   say "phase 1b: resume to step $steps (linear decay over the last $decay), at most $minutes min"
-  run_boxed "${AFTER_SECONDS:-170}" "$PY" -m odedit.cli train --resume --steps "$steps" --lr-schedule linear \
+  run_boxed "${AFTER_SECONDS:-200}" "$PY" -m odedit.cli train --resume --steps "$steps" --lr-schedule linear \
     --decay-steps "$decay" --minutes "$minutes" --checkpoint-minutes "${CHECKPOINT_MINUTES:-2}" "${common[@]}"
   check train $?
 else

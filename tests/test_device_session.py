@@ -1,13 +1,15 @@
 """The prepared GPU-machine call (scripts/device_session.sh) end to end on the CPU.
 
-A future session with a GPU gets one ~10-minute call, so the script must not fail on a
-renamed flag or a packing mistake. The first test runs every phase with the tiny UNet at
-16x16 on synthetic images (train a few steps, sample-quality figures, the three bench
-stages), packs the prior in several small parts, unpacks the results with
-scripts/device_unpack.sh (also with a part missing) and installs the model with
-scripts/ship_default_model.py into a temporary folder. The second one gives training more
-minutes than the deadline allows: the deadline must stop it (SIGTERM), the model must still
-be exported and packed, and the script must report a planned cut-off, not a failure.
+A session with a GPU gets one ~10-minute call, so the script must not fail on a renamed flag
+or a packing mistake. The first test runs every phase with the tiny UNet at 16x16 on
+synthetic images (the probe, the resumed run with its linear cool-down, the scores of the new
+and the baseline prior, the bench with both, restore timing in two dtypes), packs the prior in
+several small parts, unpacks the results with scripts/device_unpack.sh (also with a part
+missing) and installs the model with scripts/ship_default_model.py into a temporary folder.
+The second one plans ten times more steps than the box holds: the deadline must stop the run
+(SIGTERM), the model must still be exported and packed, and the script must report a planned
+cut-off, not a failure. scripts/device_data.py's lossless packing of the training zip is
+checked byte for byte.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def _zip_of_faces(path: Path, n: int, seed: int) -> None:
             zf.writestr(f"{i:06d}.png", buf.getvalue())
 
 
-def _session(tmp_path, **settings):
+def _session(tmp_path, baseline=None, **settings):
     """Run scripts/device_session.sh on synthetic data; returns (exit status, log, OUT)."""
     data = tmp_path / "data"
     data.mkdir()
@@ -57,9 +59,11 @@ def _session(tmp_path, **settings):
     env = dict(
         os.environ,
         OUT=str(out), DATA=str(data), PYTHON=sys.executable, SKIP_WHEELS="1", DEVICE="cpu", CONFIG="tiny",
-        TRAIN_MINUTES="5", TRAIN_BATCH="4", TRAIN_EXTRA="--steps 3 --resolution 16 --workers 1",
-        QUALITY_N="4", QUALITY_STEPS="2", QUALITY_BATCH="4", LIMIT="2", BENCH_BATCH="2",
-        BENCH_EXTRA="--steps 3 --langevin-steps 1", TOTAL_SECONDS="400", OMP_NUM_THREADS="1",
+        WEIGHTS="", BASELINE=str(baseline or ""), TRAIN_BATCH="4", PROBE_STEPS="2", MAX_STEPS="5",
+        TRAIN_EXTRA="--resolution 16 --workers 1", DENOISE_N="4", QUALITY_N="4", QUALITY_STEPS="2",
+        QUALITY_BATCH="4", LIMIT="2", BENCH_BATCH="2", BENCH_EXTRA="--steps 3 --langevin-steps 1",
+        TIMING_BATCHES="1", TIMING_EXTRA="--grids ddim:3 --sdedit-steps 3", AFTER_SECONDS="150",
+        TOTAL_SECONDS="400", OMP_NUM_THREADS="1",
     )
     env.update(settings)
     run = subprocess.run(["bash", "scripts/device_session.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -72,10 +76,11 @@ def _session(tmp_path, **settings):
     return run.returncode, log, out
 
 
-def test_device_session_dry_run(tmp_path):
-    rc, log, out = _session(tmp_path, PART_SIZE="200K")
+def test_device_session_dry_run(tmp_path, tiny_unet_dir):
+    rc, log, out = _session(tmp_path, baseline=tiny_unet_dir, PART_SIZE="200K")
     assert rc == 0, log[-3000:]
-    for phase in ("train", "quality", "bench-stage-1", "bench-stage-2", "bench-stage-3"):
+    for phase in ("train-probe", "train", "denoising", "quality-new", "quality-base", "bench-new", "bench-base",
+                  "timing-float32", "timing-bfloat16"):
         assert f"{phase}: ok" in log, log[-3000:]
     parts = sorted(out.glob("prior.tar.part-*"))
     assert len(parts) >= 2  # the tiny model in 200 KB parts: reassembly is exercised
@@ -84,17 +89,26 @@ def test_device_session_dry_run(tmp_path):
     un = subprocess.run(["bash", "scripts/device_unpack.sh", str(out), str(dest)], cwd=ROOT, capture_output=True,
                         text=True, timeout=120)
     assert un.returncode == 0, un.stderr
-    assert "SWD x1e3 samples-val" in un.stdout
-    quality = json.loads((dest / "quality" / "quality.json").read_text())
-    assert quality["n"] == 4 and quality["swd_train_val"]["mean"] >= 0 and quality["swd_samples_val"]["mean"] >= 0
-    assert (dest / "quality" / "samples.png").is_file()
-    summary = (dest / "bench" / "summary.md").read_text()
-    with open(dest / "bench" / "results.csv", newline="") as fh:
-        methods = {row["method"] for row in csv.DictReader(fh)}
-    # stage 3 (ablations) reached the tables: the no-Langevin ablation and NFE-matched SDEdit
-    assert any(m.startswith("odedit-nolangevin") for m in methods), methods
-    assert any("-nfe" in m for m in methods), methods
-    assert "source" in methods and "odedit-nolangevin" in summary.replace("`", "")
+    assert "new: SWD x1e3 samples-val" in un.stdout and "base: SWD x1e3 samples-val" in un.stdout
+    records = [json.loads(line) for line in (dest / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 5  # the probe's 2 steps, then resumed to MAX_STEPS
+    config = json.loads((dest / "train_config.json").read_text())["config"]
+    assert config["lr_schedule"] == "linear" and config["steps"] == 5 and config["decay_steps"] >= 1
+    denoising = json.loads((dest / "scores" / "denoising.json").read_text())
+    assert [m["model"] for m in denoising["models"]][1] == str(tiny_unet_dir)
+    for which in ("new", "base"):
+        quality = json.loads((dest / "scores" / f"quality_{which}" / "quality.json").read_text())
+        assert quality["n"] == 4 and quality["swd_samples_val"]["mean"] >= 0
+        bench = dest / f"bench_{which}"
+        with open(bench / "results.csv", newline="") as fh:
+            methods = {row["method"] for row in csv.DictReader(fh)}
+        assert "source" in methods and any(m.startswith("odedit-light") for m in methods), methods
+        restored = list((bench / "images").glob("odedit-light*/*.png"))
+        assert len(restored) == 2  # the images benchmarks/aligned_gate_score.py reads
+    assert len(list((dest / "bench_new" / "images" / "clean").glob("*.png"))) == 2
+    for dtype in ("float32", "bfloat16"):
+        rows = [r for r in (dest / "scores" / f"timing_{dtype}.md").read_text().splitlines() if r.startswith("| 1 |")]
+        assert len(rows) == 3, rows  # ODEdit light, fast, SDEdit at batch 1
 
     # a lost part: the other results are still unpacked, and the failure is reported
     parts[-1].unlink()
@@ -102,7 +116,7 @@ def test_device_session_dry_run(tmp_path):
     un = subprocess.run(["bash", "scripts/device_unpack.sh", str(out), str(dest2)], cwd=ROOT, capture_output=True,
                         text=True, timeout=120)
     assert un.returncode == 1 and "prior archive" in un.stderr
-    assert (dest2 / "bench" / "summary.md").is_file() and (dest2 / "quality" / "quality.json").is_file()
+    assert (dest2 / "bench_new" / "summary.md").is_file() and (dest2 / "scores" / "denoising.json").is_file()
 
     ship = subprocess.run([sys.executable, "scripts/ship_default_model.py", str(dest / "model"), "--dest",
                            str(tmp_path / "shipped")], cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -115,18 +129,50 @@ def test_device_session_dry_run(tmp_path):
 
 
 def test_device_session_deadline_stops_training_and_keeps_the_model(tmp_path):
-    # 10 minutes of training asked for, 175 s in all: phase 1 gets about 175 - 150 - start-up = 20 s
-    rc, log, out = _session(tmp_path, TRAIN_MINUTES="10", TRAIN_EXTRA="--resolution 16 --workers 1",
-                            TOTAL_SECONDS="175")
-    assert "train: cut off by the deadline" in log, log[-3000:]
+    # ten times the steps the box holds: the resumed run must be stopped by the deadline (SIGTERM)
+    rc, log, out = _session(tmp_path, MAX_STEPS="0", FILL_PERCENT="1000", TOTAL_SECONDS="230")
+    assert "phase 1b" in log and "train: cut off by the deadline" in log, log[-3000:]
     assert rc == 0 and "FAILED" not in log, log[-3000:]
     assert sorted(out.glob("prior.tar.part-*")), log[-3000:]
     dest = tmp_path / "unpacked"
     un = subprocess.run(["bash", "scripts/device_unpack.sh", str(out), str(dest)], cwd=ROOT, capture_output=True,
                         text=True, timeout=120)
     assert (dest / "model" / "unet").is_dir(), un.stderr
-    info = json.loads((dest / "train_config.json").read_text())
-    assert info  # the run's resolved configuration came back with the weights
+    records = [json.loads(line) for line in (dest / "log.jsonl").read_text().splitlines()]
+    config = json.loads((dest / "train_config.json").read_text())["config"]
+    assert 2 < records[-1]["step"] < config["steps"]  # past the probe, short of the planned steps
+
+
+def test_device_data_pack_round_trip_is_byte_identical(tmp_path):
+    data = tmp_path / "faces.zip"
+    _zip_of_faces(data, 5, 0)
+    with zipfile.ZipFile(data, "a") as zf:  # a file whose header differs is stored whole
+        zf.writestr("zzz.png", b"not a jpeg at all")
+    jpegs = tmp_path / "jpegs.zip"  # the real data are JPEGs sharing one header
+    with zipfile.ZipFile(jpegs, "w") as zf:
+        for i in range(4):
+            from io import BytesIO
+
+            buf = BytesIO()
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(buf, format="JPEG", quality=90)
+            zf.writestr(f"{i:03d}.jpg", buf.getvalue())
+        zf.writestr("odd.bin", b"\xff\xd8 broken")
+    for src in (data, jpegs):
+        packed, back = tmp_path / f"{src.stem}.jpgs", tmp_path / f"{src.stem}_back.zip"
+        for cmd, a, b in (("pack", src, packed), ("unpack", packed, back)):
+            run = subprocess.run([sys.executable, "scripts/device_data.py", cmd, str(a), str(b)], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=60)
+            assert run.returncode == 0, run.stderr
+        with zipfile.ZipFile(src) as za, zipfile.ZipFile(back) as zb:
+            assert sorted(za.namelist()) == zb.namelist()
+            assert all(za.read(n) == zb.read(n) for n in zb.namelist())
+    assert packed.stat().st_size < jpegs.stat().st_size  # the shared JPEG header is stored once
+    blob = bytearray(packed.read_bytes())
+    blob[-1] ^= 0xFF  # damage: the digest check refuses it, and no zip is left behind
+    packed.write_bytes(bytes(blob))
+    run = subprocess.run([sys.executable, "scripts/device_data.py", "unpack", str(packed), str(tmp_path / "bad.zip")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and "digest" in run.stderr and not (tmp_path / "bad.zip").exists()
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-CUDA refusal")
