@@ -192,7 +192,8 @@ def test_keep_input_with_the_gate_off_is_the_fine_band_split():
     restored = F.lowpass(clean, 4.0) + _prior_error()
     a = F.keep_input(restored, clean, 4.0, 1.0, mask=None, colour=False, low_band="off")
     fine_p, fine_r = clean - F.lowpass(clean, 4.0), restored - F.lowpass(restored, 4.0)
-    g = F.detail_gain(fine_p, F.noise_sigma(clean), F.noise_share_of_fine_band(clean.shape[:2], 4.0), 4.0, 1.0)
+    sigma = F.above_floor(F.noise_sigma(clean))  # keep_input's noise level: above the estimator's floor
+    g = F.detail_gain(fine_p, sigma, F.noise_share_of_fine_band(clean.shape[:2], 4.0), 4.0, 1.0)
     assert np.allclose(a, restored + g * (fine_p - fine_r), atol=1e-3)
 
 
@@ -247,3 +248,33 @@ def test_detail_the_input_lacks_is_not_taken_from_the_restoration(low_band):
     off = F.keep_input(restored, blurred, 2.0, 1.0, mask=mask, colour=False, low_band="off")
     assert _psnr(kept, clean) > _psnr(off, clean) + 6
     assert _psnr(kept, clean) > _psnr(blurred, clean) - 1.0
+
+
+def test_above_floor_subtracts_the_noise_free_reading_in_quadrature():
+    assert F.above_floor(0.74) == 0.0 and F.above_floor(1.48) == 0.0  # the estimator's first readings
+    assert F.above_floor(2.5) == pytest.approx(2.0)
+    assert F.above_floor(20.0) == pytest.approx(np.sqrt(400.0 - F.NOISE_FLOOR**2))
+    assert F.above_floor(3.0, 0.0) == 3.0
+    with pytest.raises(ValueError, match="floor"):
+        F.above_floor(3.0, -1.0)
+
+
+def test_a_blurred_photo_is_kept_whole_when_only_the_round_trip_changed_it():
+    # a blurred, textured 8-bit face region whose noise estimate is the estimator's floor (1.48),
+    # and a "restoration" that is only its round trip through a 51 px frame: nothing to keep
+    from scipy.ndimage import gaussian_filter
+
+    from odedit.imageio import resize_to
+
+    tex = np.random.default_rng(0).uniform(0, 255, (128, 128, 3))
+    p = np.clip(np.round(gaussian_filter(tex, (2.5, 2.5, 0)) * 4 - 382), 0, 255).astype(np.uint8)
+    assert 0.0 < F.noise_sigma(p) <= F.NOISE_FLOOR
+    r = resize_to(resize_to(p, 51, 51), 128, 128).astype(np.float32)
+    assert np.abs(r - p).mean() > 0.5  # the round trip does change it
+    kept = F.keep_input(r, p, 128 / 51, 1.0, colour=False)
+    assert np.array_equal(np.round(kept), p)
+    raw = F.keep_input(r, p, 128 / 51, 1.0, colour=False, noise_floor=0.0)
+    assert np.abs(np.round(raw) - p).max() >= 2  # without the floor the texture read as noise
+    noisy = np.clip(p + np.random.default_rng(1).normal(0, 12, p.shape), 0, 255).astype(np.uint8)
+    denoised = F.keep_input(r, noisy, 128 / 51, 1.0, colour=False)  # real noise is still removed
+    assert np.abs(denoised - p).mean() < 0.7 * np.abs(noisy.astype(np.float32) - p).mean()
