@@ -129,8 +129,10 @@ def test_device_session_dry_run(tmp_path, tiny_unet_dir):
 
 
 def test_device_session_deadline_stops_training_and_keeps_the_model(tmp_path):
-    # ten times the steps the box holds: the resumed run must be stopped by the deadline (SIGTERM)
-    rc, log, out = _session(tmp_path, MAX_STEPS="0", FILL_PERCENT="1000", TOTAL_SECONDS="230")
+    # ten times the steps the box holds and no --minutes stop of its own before the box's end:
+    # the resumed run must be stopped by the deadline (SIGTERM)
+    rc, log, out = _session(tmp_path, MAX_STEPS="0", FILL_PERCENT="1000", TOTAL_SECONDS="200", AFTER_SECONDS="100",
+                            TRAIN_EXTRA="--resolution 16 --workers 1 --minutes 10")
     assert "phase 1b" in log and "train: cut off by the deadline" in log, log[-3000:]
     assert rc == 0 and "FAILED" not in log, log[-3000:]
     assert sorted(out.glob("prior.tar.part-*")), log[-3000:]
