@@ -611,7 +611,7 @@ def test_resume_keeps_the_global_batch_over_another_number_of_processes(tmp_path
 
 def test_long_run_script_warm_starts_then_continues(trained, blobs, tmp_path):
     """scripts/long_run.sh: a run folder without a checkpoint is warm-started from WEIGHTS with the
-    long run's settings (global batch 32 split over PROCS); with one, it is continued; a global
+    long run's settings (global batch 32 split over PROCS, lr LR); with one, it is continued; a global
     batch that does not split over PROCS is refused before anything runs."""
     import os
     import subprocess
@@ -632,7 +632,7 @@ def test_long_run_script_warm_starts_then_continues(trained, blobs, tmp_path):
     assert "warm start" in first.stdout
     saved = json.loads((run / "train_config.json").read_text())["config"]
     assert (saved["batch_size"], saved["lr"], saved["ema_power"], saved["resume_from_weights"]) == (
-        32, 1e-3, 0.6667, str(trained[0] / "model"))
+        32, 1e-4, 0.6667, str(trained[0] / "model"))  # LR's default since the GPU prior (session 17)
     second = go("5", str(run), "--steps", "2", "--quiet")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "continuing" in second.stdout
