@@ -19,8 +19,9 @@
 #                             timing_bfloat16.md (benchmarks/bench_restore.py)
 #   $OUT/bench_new.tar.gz     odedit bench of source, ODEdit's default (light) and SDEdit 0.5 on
 #   $OUT/bench_base.tar.gz    LIMIT val faces (severity 4, seed 0) with the new and the starting
-#                             prior: summary.md, results.csv, bench.json, and the images that
-#                             benchmarks/aligned_gate_score.py needs (clean, degraded, odedit-*)
+#                             prior: summary.md, results.csv, bench.json, and the images and
+#                             per-image records benchmarks/aligned_gate_score.py needs (clean,
+#                             degraded, odedit-*)
 # Back here: bash scripts/device_unpack.sh FILES_AT  (reassembles under runs/device/).
 #
 # Training is two processes: a probe of PROBE_STEPS steps (warm start from WEIGHTS, warm-up
@@ -191,9 +192,9 @@ say "phase 2: scores (denoising, ${QUALITY_N:-256} samples)"
 run_boxed 120 "$PY" scripts/prior_denoising.py "${models[@]}" --val "$DATA/val.zip" -n "${DENOISE_N:-256}" \
   --device "$DEVICE" -o "$SC/denoising.json"
 check denoising $?
+model_of() { if [ "$1" = base ]; then echo "$BASELINE"; else echo "$RUN/model"; fi; } # new | base -> folder
 for which in new base; do
-  m="$RUN/model"
-  if [ "$which" = base ]; then m="$BASELINE"; fi
+  m=$(model_of "$which")
   [ -n "$m" ] || continue
   run_boxed 110 "$PY" scripts/prior_quality.py --model "$m" --val "$DATA/val.zip" --train "$DATA/train.zip" \
     -n "${QUALITY_N:-256}" --steps "${QUALITY_STEPS:-20}" --solver dpm++2m --batch-size "${QUALITY_BATCH:-256}" \
@@ -204,8 +205,7 @@ pack "$OUT/scores.tar.gz" "$SC" denoising.json quality_new quality_base
 
 # 3. ODEdit's default and SDEdit on the val faces, with each prior (images kept for the crop gate).
 for which in new base; do
-  m="$RUN/model"
-  if [ "$which" = base ]; then m="$BASELINE"; fi
+  m=$(model_of "$which")
   [ -n "$m" ] || continue
   B="$RUN/bench_$which"
   say "phase 3 ($which): bench on ${LIMIT:-300} val faces"
@@ -216,8 +216,8 @@ for which in new base; do
   check "bench-$which" $rc
   if [ $rc -eq 0 ]; then
     imgs=()
-    for d in "$B"/images/odedit-*; do [ -d "$d" ] && imgs+=("images/$(basename "$d")"); done
-    [ "$which" = base ] || imgs+=(images/clean images/degraded)
+    for d in "$B"/images/odedit-*; do [ -d "$d" ] && imgs+=("images/$(basename "$d")" "records/$(basename "$d")"); done
+    imgs+=(images/clean images/degraded)
     pack "$OUT/bench_$which.tar.gz" "$B" summary.md results.csv bench.json "${imgs[@]}"
   fi
 done

@@ -104,8 +104,10 @@ def test_device_session_dry_run(tmp_path, tiny_unet_dir):
             methods = {row["method"] for row in csv.DictReader(fh)}
         assert "source" in methods and any(m.startswith("odedit-light") for m in methods), methods
         restored = list((bench / "images").glob("odedit-light*/*.png"))
-        assert len(restored) == 2  # the images benchmarks/aligned_gate_score.py reads
-    assert len(list((dest / "bench_new" / "images" / "clean").glob("*.png"))) == 2
+        assert len(restored) == 2  # the images and records benchmarks/aligned_gate_score.py reads
+        assert len(list((bench / "records").glob("odedit-light*/*.json"))) == 2
+    for which in ("new", "base"):
+        assert len(list((dest / f"bench_{which}" / "images" / "clean").glob("*.png"))) == 2
     for dtype in ("float32", "bfloat16"):
         rows = [r for r in (dest / "scores" / f"timing_{dtype}.md").read_text().splitlines() if r.startswith("| 1 |")]
         assert len(rows) == 3, rows  # ODEdit light, fast, SDEdit at batch 1
