@@ -5,7 +5,7 @@ The benchmark of issue 26 (docs/faces.md, "Whole-photo benchmark"). Clean portra
 sample faces are three of them) are resized so that the face spans about 80, 230 or 600 px
 (photo sides 128, 384, 1024), corrupted (clean, gaussian noise, gaussian blur, JPEG, random
 colour masking; severities 1 and 5, noise also 3, masking 5), and run through the real pipeline: detection on the
-degraded photo, alignment, the restorer (the default: ODEdit light, DDIM 100, restore's default step size), then
+degraded photo, alignment, the restorer (`odedit restore`'s default: ODEdit, the default preset), then
 each *finishing variant* (mask, upsampler, fine-detail weight, colour matching) pastes the
 same restored crops back. Restorations are cached, so finishing variants are cheap to add.
 

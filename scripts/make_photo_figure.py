@@ -28,7 +28,7 @@ def main() -> int:
     ap.add_argument("--corruption", default="gaussian_noise")
     ap.add_argument("--severity", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("docs/img/whole_photo.jpg"))
-    ap.add_argument("restore_flags", nargs="*", default=["--preset", "light"])
+    ap.add_argument("restore_flags", nargs="*", default=[], help="extra `odedit restore` flags (default: its defaults)")
     args = ap.parse_args()
     odedit = [sys.executable, "-m", "odedit.cli"]
     with tempfile.TemporaryDirectory() as tmp:

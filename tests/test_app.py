@@ -74,6 +74,13 @@ def test_request_commands_reproduce_in_the_cli():
     assert req.config().langevin_steps == 5
 
 
+def test_the_page_defaults_to_the_tools_preset():
+    from odedit.restorers import DEFAULT_PRESET, ODEditConfig
+
+    assert Request().preset == DEFAULT_PRESET
+    assert Request().config() == ODEditConfig.from_options()
+
+
 def test_result_note_says_when_the_gate_kept_the_photo():
     img = np.zeros((40, 30, 3), np.uint8)
     base = {"status": "restored", "model_calls_per_face": 300}

@@ -13,7 +13,7 @@ from PIL import Image
 
 from odedit.cli import restore as restore_cli
 from odedit.cli.common import CLIError
-from odedit.restorers import ODEditConfig, SDEditConfig
+from odedit.restorers import DEFAULT_PRESET, ODEditConfig, SDEditConfig
 from odedit.unets import build_unet
 
 FAST = ["--steps", "6", "--preset", "light", "--quiet", "--faces", "aligned"]
@@ -280,7 +280,7 @@ def test_choices_come_from_the_tables(tmp_path, capsys):
             parser.parse_args(["restore", "x.png", "-o", "y", flag, "bogus"])
         assert ", ".join(repr(n) for n in table) in capsys.readouterr().err
     args = parser.parse_args(["restore", "x.png", "-o", "y"])
-    assert restore_cli.build_config(args) == ODEditConfig.from_preset("light")
+    assert restore_cli.build_config(args) == ODEditConfig.from_preset(DEFAULT_PRESET) == ODEditConfig.from_preset("fast")
     args = parser.parse_args(["restore", "x.png", "-o", "y", "--method", "sdedit", "--steps", "20"])
     assert restore_cli.build_config(args) == SDEditConfig(steps=20, strength=0.5, eta=1.0)
 

@@ -495,7 +495,9 @@ def test_restore_argument_errors(gaussian_prior):
         ODEdit(gaussian_prior, SDEditConfig())
     with pytest.raises(TypeError, match="SDEdit needs an SDEditConfig"):
         SDEdit(gaussian_prior, ODEditConfig())
-    assert ODEdit(gaussian_prior).config == ODEditConfig() and SDEdit(gaussian_prior).config == SDEditConfig()
+    # the class defaults to the tool's preset (fast), the config type to the paper's Algorithm 1 (light)
+    assert ODEdit(gaussian_prior).config == ODEditConfig.from_preset("fast") != ODEditConfig()
+    assert SDEdit(gaussian_prior).config == SDEditConfig()
 
 
 def test_the_config_type_picks_the_algorithm(gaussian_prior):
@@ -515,7 +517,7 @@ def test_the_config_type_picks_the_algorithm(gaussian_prior):
         assert torch.equal(Restorer(gaussian_prior, cfg).restore(img, generator=_gens(1, 2)),
                            cls(gaussian_prior, cfg).restore(img, generator=_gens(1, 2)))
     # config_for: a method name and options; None keeps the preset's or the default value
-    assert config_for("odedit") == ODEditConfig.from_preset("light")
+    assert config_for("odedit") == ODEditConfig.from_preset("fast")
     assert config_for("odedit", preset="fast", steps=None, solver=None) == ODEditConfig.from_preset("fast")
     assert config_for("sdedit", steps=None, strength=0.3) == SDEditConfig(strength=0.3)
     with pytest.raises(ValueError, match="unknown method 'x'"):

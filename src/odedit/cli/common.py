@@ -23,7 +23,7 @@ MAX_STEPS = 1000  # DDIM steps: one per training timestep of the usual T = 1000
 MAX_LANGEVIN_STEPS = 10_000  # per level
 MAX_FACES = 1000  # per photo
 MAX_BATCH_SIZE = 4096
-LONG_RUN_CALLS = 10_000  # model calls per face above which a run is announced (light: 300)
+LONG_RUN_CALLS = 10_000  # model calls per face above which a run is announced (the default preset: 80; light: 300)
 LONG_RUN_SECONDS = 10 * 60  # an estimated restoring time above which a run says so, with faster options
 
 
