@@ -604,6 +604,11 @@ def test_method_names_encode_the_varied_settings():
                      "odedit-medium-eps1e-05", "sdedit-0.3", "sdedit-0.5"]
     with pytest.raises(B.BenchError, match="preset"):
         B.build_methods(presets=["ultra"])
+    # no presets given: restore's default preset, at its own settings
+    from odedit.restorers import DEFAULT_PRESET, ODEditConfig
+
+    (default,) = B.build_methods(["odedit"])
+    assert default.name == f"odedit-{DEFAULT_PRESET}" and default.config == ODEditConfig.from_options()
     with pytest.raises(B.BenchError, match="unknown method"):
         B.build_methods(["odedit", "gfpgan"])
 

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 from odedit.bench.records import BenchError
 from odedit.restorers import (
+    DEFAULT_PRESET,
     PAPER_STEP_SIZE,
     PAPER_STEPS,
     PAPER_TEMPERATURE,
@@ -309,7 +310,7 @@ def ablation_methods(
 
 def build_methods(
     methods: Sequence[str] = METHOD_KINDS,
-    presets: Sequence[str] = ("medium",),
+    presets: Optional[Sequence[str]] = None,
     odedit_overrides: Optional[dict] = None,
     step_sizes: Optional[Sequence[float]] = None,
     strengths: Sequence[float] = (0.5,),
@@ -323,7 +324,8 @@ def build_methods(
 
     Args:
         methods: kinds to run: ``source``, ``odedit``, ``sdedit``.
-        presets: ODEdit presets; each with every value of ``step_sizes`` (None = default).
+        presets: ODEdit presets; each with every value of ``step_sizes`` (None or empty: restore's
+            default preset, :data:`odedit.restorers.DEFAULT_PRESET`).
         odedit_overrides: ODEditConfig.from_preset overrides (steps, levels,
             langevin_steps, temperature, invert_to, clip_inversion_x0, decode_threshold).
         strengths: SDEdit strengths, each its own method.
@@ -339,7 +341,7 @@ def build_methods(
         raise BenchError(f"unknown method(s) {', '.join(bad)}; expected a subset of {','.join(METHOD_KINDS)}")
     if not kinds and not ablations:
         raise BenchError("no methods to evaluate")
-    presets = list(dict.fromkeys(presets or ["medium"]))
+    presets = list(dict.fromkeys(presets or [DEFAULT_PRESET]))
     for p in presets:
         if p not in PRESETS:
             raise BenchError(f"unknown preset {p!r}; expected one of {', '.join(PRESETS)}")

@@ -107,9 +107,10 @@ def _add_method_args(p) -> None:
     m.add_argument(
         "--presets",
         type=str_list,
-        default=("medium",),
+        default=None,
         metavar="LIST",
-        help="ODEdit presets, each a method: light,medium,heavy = the paper's settings with 100/200/300 Langevin updates; fast = 80 model calls (default medium)",
+        help="ODEdit presets, each a method: light,medium,heavy = the paper's settings with 100/200/300 Langevin updates; "
+        "fast = 80 model calls (default: restore's default preset, fast)",
     )
     m.add_argument(
         "--steps", type=ranged(int, 1, 1000), default=None,
