@@ -65,14 +65,15 @@ become 8-bit RGB. Outputs are PNGs with the same base names. The resolved settin
 and per-image seeds are saved to OUTDIR/restore.json. A run that will take over 10 minutes
 says so after its first model calls, with its estimate and the options that would be faster.
 
-Methods: ODEdit (default) maps each face to the diffusion latent with the DDIM ODE (no
-noise), then refines the latent with Langevin steps at a few levels while decoding
+Methods: ODEdit (default) maps each face to the diffusion latent with the probability-flow
+ODE (DDIM or DPM-Solver++(2M); no noise), then refines the latent with Langevin steps at a few levels while decoding
 (Algorithm 1 of the ODEdit paper). SDEdit (--method sdedit) injects noise to a level
 (--strength) and denoises stochastically. More Langevin updates remove more noise and mask
 lines and smooth the face more. The default, --preset fast (DPM-Solver++(2M) on 20 levels,
 10 updates at each of 4 levels: 80 model calls), is both the quickest and, with the
 embedded prior, the most faithful over all corruptions; light is the paper's grid (300
-calls); medium and heavy remove more noise and smooth more (docs/results.md).
+calls); medium and heavy (more updates) paint over masks and noise entirely but smooth the
+face and can change the person: 0.5 and 0.6 dB below fast (docs/results.md).
 """
 
 
@@ -111,7 +112,7 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
         help="%(choices)s. fast (the default): DPM-Solver++(2M), 20 steps, 40 Langevin updates at step 2.5e-5 (80 "
         "model calls; the best measured through the gate, docs/results.md); light/medium/heavy: the paper's grid "
         "and levels (DDIM, 100 steps) with 100/200/300 Langevin updates in total (300/400/500 model calls); "
-        "medium removes more noise and mask lines and smooths more; flags below override single settings",
+        "medium/heavy paint over masks but smooth the face and can change the person; flags below override single settings",
     )
     g.add_argument(
         "--steps", type=ranged(int, 1, MAX_STEPS), default=None, help=f"ODE steps N, 1-{MAX_STEPS} (default: the preset's; fast 20, the others 100)"
