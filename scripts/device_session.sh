@@ -17,7 +17,7 @@
 #                             QUALITY_N samples, DPM-Solver++(2M) QUALITY_STEPS steps, vs val, the
 #                             train-vs-val floor, samples.png), timing_float32.md and
 #                             timing_bfloat16.md (benchmarks/bench_restore.py)
-#   $OUT/bench_new.tar.gz     odedit bench of source, ODEdit's default (light) and SDEdit 0.5 on
+#   $OUT/bench_new.tar.gz     odedit bench of source, ODEdit fast (the default), light and SDEdit 0.5 on
 #   $OUT/bench_base.tar.gz    LIMIT val faces (severity 4, seed 0) with the new and the starting
 #                             prior: summary.md, results.csv, bench.json, and the images and
 #                             per-image records benchmarks/aligned_gate_score.py needs (clean,
@@ -203,14 +203,15 @@ for which in new base; do
 done
 pack "$OUT/scores.tar.gz" "$SC" denoising.json quality_new quality_base
 
-# 3. ODEdit's default and SDEdit on the val faces, with each prior (images kept for the crop gate).
+# 3. ODEdit's default (fast), the paper's light and SDEdit on the val faces, with each prior (images kept
+#    for the crop gate).
 for which in new base; do
   m=$(model_of "$which")
   [ -n "$m" ] || continue
   B="$RUN/bench_$which"
   say "phase 3 ($which): bench on ${LIMIT:-300} val faces"
   run_boxed 60 "$PY" -m odedit.cli bench --data "$DATA/val.zip" --model "$m" -o "$B" --limit "${LIMIT:-300}" \
-    --severity 4 --seed 0 --methods source,odedit,sdedit --presets light --strengths 0.5 --device "$DEVICE" \
+    --severity 4 --seed 0 --methods source,odedit,sdedit --presets fast,light --strengths 0.5 --device "$DEVICE" \
     --dtype "${BENCH_DTYPE:-float32}" --batch-size "${BENCH_BATCH:-300}" --quiet "${BENCH_EXTRA_ARGS[@]}"
   rc=$?
   check "bench-$which" $rc

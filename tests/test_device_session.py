@@ -102,10 +102,11 @@ def test_device_session_dry_run(tmp_path, tiny_unet_dir):
         bench = dest / f"bench_{which}"
         with open(bench / "results.csv", newline="") as fh:
             methods = {row["method"] for row in csv.DictReader(fh)}
-        assert "source" in methods and any(m.startswith("odedit-light") for m in methods), methods
-        restored = list((bench / "images").glob("odedit-light*/*.png"))
-        assert len(restored) == 2  # the images and records benchmarks/aligned_gate_score.py reads
-        assert len(list((bench / "records").glob("odedit-light*/*.json"))) == 2
+        assert "source" in methods, methods  # and the default (fast) and the paper's light:
+        assert all(any(m.startswith(p) for m in methods) for p in ("odedit-fast", "odedit-light")), methods
+        for m in ("odedit-fast*", "odedit-light*"):  # the images and records benchmarks/aligned_gate_score.py reads
+            assert len(list((bench / "images").glob(f"{m}/*.png"))) == 2
+            assert len(list((bench / "records").glob(f"{m}/*.json"))) == 2
     for which in ("new", "base"):
         assert len(list((dest / f"bench_{which}" / "images" / "clean").glob("*.png"))) == 2
     for dtype in ("float32", "bfloat16"):
