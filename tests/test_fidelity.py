@@ -232,6 +232,65 @@ def test_saturated_areas_are_not_impulses():
     assert F.impulse_variance(specks) > 0.0
 
 
+def _with_vertical_lines(clean, share, seed=3):
+    """The masking corruption's lines: ``share`` of the columns, each one random colour, full height."""
+    rng = np.random.default_rng(seed)
+    out = clean.copy()
+    cols = rng.choice(clean.shape[1], size=int(round(share * clean.shape[1])), replace=False)
+    out[:, cols] = rng.integers(0, 256, (cols.size, 3)).astype(np.float32)[None]
+    return out
+
+
+@pytest.mark.parametrize("share", [0.1, 0.4])
+def test_noise_sigma_sees_lines_of_one_colour(share):
+    """Vertical lines cancel in Donoho's diagonal band whatever their contrast; with the lines'
+    variance the estimate is the corruption's true std, and a mask limits where it is measured."""
+    clean = _smooth_image(64, 64)
+    lined = _with_vertical_lines(clean, share)
+    true = float(np.std(lined.astype(np.float64) - clean))
+    assert F.noise_sigma(lined) == pytest.approx(true, rel=0.1)
+    rows = F.line_variance(np.ascontiguousarray(lined.transpose(1, 0, 2)))  # the same lines, as rows
+    assert rows == pytest.approx(F.line_variance(lined), rel=1e-9)
+    mask = np.zeros(lined.shape[:2], np.float32)
+    mask[:, :32] = 1.0
+    inside = float(np.std(lined[:, :32].astype(np.float64) - clean[:, :32]))
+    assert F.noise_sigma(lined, mask) == pytest.approx(inside, rel=0.25)
+
+
+def test_flat_bands_edges_and_clipping_are_not_lines():
+    """What is one colour down a region without being a line adds nothing: a flat band of
+    background (a run of many columns), a flat strip at the edge, columns clipped to white, a few
+    lines under the minimum share; a photo-like image has none."""
+    img = _smooth_image(64, 64)
+    assert F.line_variance(img) == 0.0
+    band = img.copy()
+    band[:, 20:40] = 90.0  # 20 flat columns side by side
+    band[:, :6] = 30.0  # a flat strip at the left edge
+    band[:, 50:52] = 255.0  # blown out
+    assert F.line_variance(band) == 0.0
+    few = img.copy()
+    few[:, 30] = (250.0, 10.0, 10.0)  # one column of 64 (1.6 %): under LINE_MIN_SHARE
+    assert F.line_variance(few) == 0.0
+    few[:, [10, 50]] = (10.0, 250.0, 10.0)  # three (4.7 %) still under 5 %; four are lines
+    assert F.line_variance(few) == 0.0
+    few[:, 40] = (10.0, 10.0, 250.0)
+    assert F.line_variance(few) > 0.0
+
+
+def test_the_gate_keeps_a_restoration_that_removes_lines(monkeypatch):
+    """The masking corruption's lines and a restoration that removed them: without the line term
+    the gate read the crop as clean and gave the lines back (session 18: vline faces 15.1 dB by
+    the method, 12.1 after the gate); with it the restoration is kept."""
+    clean = _smooth_image(64, 64)
+    lined = _with_vertical_lines(clean, 0.4)
+    restored = clean + np.random.default_rng(1).normal(0, 2.0, clean.shape).astype(np.float32)
+    kept = F.keep_input(restored, lined, 1.0, colour=False)
+    assert _psnr(kept, clean) > _psnr(lined, clean) + 8.0
+    monkeypatch.setattr(F, "line_variance", lambda region, mask=None: 0.0)
+    refused = F.keep_input(restored, lined, 1.0, colour=False)
+    assert _psnr(refused, clean) < _psnr(lined, clean) + 2.0
+
+
 @pytest.mark.parametrize("low_band", ["global", "local"])
 def test_detail_the_input_lacks_is_not_taken_from_the_restoration(low_band):
     """A blurred input (smooth, with a little sensor noise) and a restoration that invents fine

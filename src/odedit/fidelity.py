@@ -106,6 +106,9 @@ def noise_sigma(region: np.ndarray, mask: np.ndarray | None = None) -> float:
        values are such impulses. sigma = sqrt(s_g^2 + v_i).
        Measured on 300 degraded val faces: impulse noise at severity 4 reads 15 instead of ~60
        without step 2; clean portraits move by at most 0.3 (docs/faces.md).
+    3. Lines (a scratch, the masking corruption's vertical lines: a column or row of one colour
+       across the region) cancel in HH too, whatever their contrast: :func:`line_variance` v_l is
+       added. sigma = sqrt(s_g^2 + v_i + v_l).
     """
     x = np.asarray(region, dtype=np.float64)
     h, w = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
@@ -120,8 +123,8 @@ def noise_sigma(region: np.ndarray, mask: np.ndarray | None = None) -> float:
             keep, keep_px = np.ones_like(keep), None
         hh = hh[keep]
     sigma = float(np.median(np.abs(hh)) * _MAD_TO_SIGMA)
-    impulses = impulse_variance(x, keep_px)
-    return sigma if impulses == 0.0 else math.sqrt(sigma * sigma + impulses)
+    extra = impulse_variance(x, keep_px) + line_variance(x, keep_px)
+    return sigma if extra == 0.0 else math.sqrt(sigma * sigma + extra)
 
 
 # A salt-and-pepper value jumps at least this far (grey levels) from its 3x3 median; a saturated
@@ -158,6 +161,66 @@ def impulse_variance(region: np.ndarray, mask: np.ndarray | None = None) -> floa
     if impulse.sum() < IMPULSE_MIN_SHARE * count:  # a few black or white specks: features, not noise
         return 0.0
     return float((jump[impulse] ** 2).sum() / max(count, 1))
+
+
+# A line is a column (or row) whose values stay within LINE_MAX_STD grey levels of their mean over
+# at least LINE_MIN_LENGTH pixels of the region (in the mask): one colour across a face, which a
+# photographed face never has (it runs through hair, skin, eyes and background). Not lines: a run of
+# more than LINE_MAX_RUN such columns side by side (a flat band of background, not a scratch), a
+# run at the region's edge (only one side to compare with), and columns saturated white or black in
+# every channel (clipping: snow, a blown-out sky). The masking corruption's lines are one column
+# wide, placed at random; at its 40 % density runs of 5 or more are ~1 % of them.
+LINE_MAX_STD = 1.0
+LINE_MIN_LENGTH = 16
+LINE_MAX_RUN = 4
+# Lines count as noise only when at least this share of the columns (rows) are lines.
+LINE_MIN_SHARE = 0.05
+
+
+def line_variance(region: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """v_l of :func:`noise_sigma`: the variance that lines of one colour add to ``region`` ((h, w, C)
+    grey levels, 0..255), over the pixels where ``mask`` (h, w) bool is True (all when None).
+
+    Per axis (columns, then rows): a line is a column whose values in the mask stay within
+    LINE_MAX_STD of their mean (per channel) over at least LINE_MIN_LENGTH pixels; what it hides is
+    estimated, row by row, by linear interpolation between the nearest columns on either side that
+    are not lines (runs of over LINE_MAX_RUN columns, runs at the edge and saturated columns do not
+    count). v_l = the sum of (x - estimate)^2 over the lines' pixels in the mask, divided by the
+    number of values in the mask; 0.0 when under LINE_MIN_SHARE of the columns are lines."""
+    x = np.asarray(region, dtype=np.float64)
+    keep = np.ones(x.shape[:2], dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    count = int(keep.sum()) * x.shape[2]
+    if count == 0:
+        return 0.0
+    return float(sum(_line_energy(a, k) for a, k in ((x, keep), (x.transpose(1, 0, 2), keep.T))) / count)
+
+
+def _short_inner_runs(flag: np.ndarray) -> np.ndarray:
+    """flag (w,) bool with only its runs of at most LINE_MAX_RUN Trues that touch neither end kept."""
+    out = np.zeros_like(flag)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flag.astype(np.int8), [0]])))
+    for start, stop in zip(edges[0::2], edges[1::2]):
+        if start > 0 and stop < flag.size and stop - start <= LINE_MAX_RUN:
+            out[start:stop] = True
+    return out
+
+
+def _line_energy(x: np.ndarray, keep: np.ndarray) -> float:
+    """The sum of squared jumps of the lines among the columns of x (h, w, C), in keep (h, w)."""
+    n = keep.sum(axis=0)
+    weights = keep[..., None].astype(np.float64)
+    mean = (x * weights).sum(axis=0) / np.maximum(n, 1)[:, None]
+    std = np.sqrt((((x - mean) ** 2) * weights).sum(axis=0) / np.maximum(n, 1)[:, None])
+    saturated = np.all((mean <= 0.5) | (mean >= 254.5), axis=1)
+    line = _short_inner_runs((n >= LINE_MIN_LENGTH) & (std.max(axis=1) <= LINE_MAX_STD) & ~saturated)
+    if line.sum() < LINE_MIN_SHARE * x.shape[1]:
+        return 0.0
+    cols, other = np.flatnonzero(line), np.flatnonzero(~line)
+    energy = 0.0
+    for c in range(x.shape[2]):  # each row: interpolate the line columns from the others
+        est = np.stack([np.interp(cols, other, row) for row in x[:, other, c]])
+        energy += float((((x[:, cols, c] - est) ** 2) * keep[:, cols]).sum())
+    return energy
 
 
 @functools.lru_cache(maxsize=64)  # one noise field per (region shape, factor), not per paste
