@@ -12,7 +12,8 @@ weight w plays the same role, there in feature space):
 
     L(x)      = x resized down by k and back up (antialiased bicubic): the band the frame holds
     D(x)      = x - L(x): the band finer than the frame
-    sigma     = the input's noise level (Donoho's MAD of the finest Haar diagonal band, plus impulses),
+    sigma     = the input's noise level (Donoho's MAD of the finest Haar diagonal band, plus impulses
+                and lines of one colour),
                 less the estimator's noise-free floor: sqrt(sigma_raw^2 - NOISE_FLOOR^2)
     beta      = the share of white noise's variance that falls in D (measured on a noise field)
     G(p)      = w * clip(1 - m beta sigma^2 / var_local(D(P))(p), 0, 1)   (a local Wiener gain;
