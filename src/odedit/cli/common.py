@@ -171,8 +171,9 @@ def add_odedit_override_args(group) -> None:
         choices=SOLVER_CHOICES,
         default=None,
         metavar="SOLVER",
-        help="ODE solver of inversion and decoding: %(choices)s; ddim (eq. 8, the paper's) is the default, "
-        "dpm++2m is DPM-Solver++(2M) (second order, same model calls per step)",
+        help="ODE solver of inversion and decoding: %(choices)s (default: the preset's: dpm++2m for fast, ddim "
+        "for light/medium/heavy); ddim is eq. 8, the paper's; dpm++2m is DPM-Solver++(2M) (second order, same "
+        "model calls per step)",
     )
     group.add_argument(
         "--inversion-iters",

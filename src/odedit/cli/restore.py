@@ -66,8 +66,8 @@ and per-image seeds are saved to OUTDIR/restore.json. A run that will take over 
 says so after its first model calls, with its estimate and the options that would be faster.
 
 Methods: ODEdit (default) maps each face to the diffusion latent with the probability-flow
-ODE (DDIM or DPM-Solver++(2M); no noise), then refines the latent with Langevin steps at a few levels while decoding
-(Algorithm 1 of the ODEdit paper). SDEdit (--method sdedit) injects noise to a level
+ODE (DDIM or DPM-Solver++(2M); no noise), then refines the latent with Langevin steps at a
+few levels while decoding (Algorithm 1 of the ODEdit paper). SDEdit (--method sdedit) injects noise to a level
 (--strength) and denoises stochastically. More Langevin updates remove more noise and mask
 lines and smooth the face more. The default, --preset fast (DPM-Solver++(2M) on 20 levels,
 10 updates at each of 4 levels: 80 model calls), is both the quickest and, with the
