@@ -216,12 +216,13 @@ def _line_energy(x: np.ndarray, keep: np.ndarray) -> float:
     line = _short_inner_runs((n >= LINE_MIN_LENGTH) & (std.max(axis=1) <= LINE_MAX_STD) & ~saturated)
     if line.sum() < LINE_MIN_SHARE * x.shape[1]:
         return 0.0
+    # every kept run is inner: the columns just left and right of each line are not lines
     cols, other = np.flatnonzero(line), np.flatnonzero(~line)
-    energy = 0.0
-    for c in range(x.shape[2]):  # each row: interpolate the line columns from the others
-        est = np.stack([np.interp(cols, other, row) for row in x[:, other, c]])
-        energy += float((((x[:, cols, c] - est) ** 2) * keep[:, cols]).sum())
-    return energy
+    right = np.searchsorted(other, cols)
+    lo, hi = other[right - 1], other[right]
+    w = ((cols - lo) / (hi - lo))[None, :, None]
+    est = x[:, lo] * (1.0 - w) + x[:, hi] * w  # row by row, linear between the two neighbours
+    return float((((x[:, cols] - est) ** 2) * keep[:, cols, None]).sum())
 
 
 @functools.lru_cache(maxsize=64)  # one noise field per (region shape, factor), not per paste
